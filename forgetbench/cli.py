@@ -1,0 +1,38 @@
+"""The ``forgetbench`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from forgetbench import __version__, recipes_path, tasks_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from forgetbench import compare, study
+
+    parser = argparse.ArgumentParser(prog="forgetbench", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"forgetbench {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser(
+        "tasks-path", help="print the task folder, for `lmms-eval --include_path` (the always-working fallback)"
+    ).set_defaults(func=lambda args: print(tasks_path()) or 0)
+    commands.add_parser(
+        "recipes-path", help="print the recipes folder, for `accelerate launch $(forgetbench recipes-path)/lora.py`"
+    ).set_defaults(func=lambda args: print(recipes_path()) or 0)
+
+    compare_parser = commands.add_parser("compare", help="E, F and O from a pre- and a post-tuning lmms-eval run")
+    compare.configure_parser(compare_parser)
+    compare_parser.set_defaults(func=compare.run)
+
+    study_parser = commands.add_parser("study", help="the whole study: evaluate, fine-tune, evaluate, compare")
+    study.configure_parser(study_parser)
+    study_parser.set_defaults(func=study.run)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
