@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 import forgetbench.compare as compare
+import forgetbench.runs as runs_module
+from forgetbench import outputs, plots, stages, stats
 from forgetbench.compare import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +26,7 @@ POST = {"chartqa": 0.70, "docvqa": 0.40, "mmbench": 0.80, "pope": 0.50}
 DOWN, UP = "chartqa,docvqa", "mmbench,pope"
 
 
-def lmms_results(scores: dict, *, limit=None, n=500, model="qwen2_vl") -> dict:
+def lmms_results(scores: dict, *, limit=None, n=20, model="qwen2_vl", pretrained="Qwen/Qwen2-VL-2B-Instruct") -> dict:
     """A results.json dict shaped like lmms-eval 0.7.3's (exact_match per task)."""
     return {
         "results": {
@@ -48,7 +50,7 @@ def lmms_results(scores: dict, *, limit=None, n=500, model="qwen2_vl") -> dict:
         "n-samples": {t: {"original": n, "effective": n if limit is None else min(n, limit)} for t in scores},
         "config": {
             "model": model,
-            "model_args": "pretrained=Qwen/Qwen2-VL-2B-Instruct",
+            "model_args": f"pretrained={pretrained}",
             "batch_size": "1",
             "limit": limit,
             "offset": 0,
@@ -59,14 +61,34 @@ def lmms_results(scores: dict, *, limit=None, n=500, model="qwen2_vl") -> dict:
     }
 
 
-def write_output(root: Path, results: dict, sub: str = "Qwen__Qwen2-VL-2B-Instruct") -> Path:
-    """Write ``root/<sub>/<date>_results.json`` (plus a samples file) like ``--output_path root``."""
+def sample_lines(results: dict, task: str, order=None) -> list[dict]:
+    """Sample-log lines whose exact_match averages to the task's score: the first round(score * n) docs are
+    right (or the docs listed first in ``order``)."""
+    n = results["n-samples"][task]["effective"]
+    right = round(results["results"][task]["exact_match,none"] * n)
+    order = list(range(n)) if order is None else order
+    return [{"doc_id": d, "target": f"t{d}", "filtered_resps": f"t{d}" if d in order[:right] else "x",
+             "token_counts": [{"output_tokens": 1}], "doc_hash": "74234e", "exact_match": float(d in order[:right]),
+             "input": f"Question {d} of {task}?"} for d in range(n)]
+
+
+def write_samples(folder: Path, task: str, lines: list[dict]) -> None:
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    (folder / f"{RESULTS_NAME[:-len('results.json')]}samples_{task}.jsonl").write_text(text, encoding="utf-8")
+
+
+def write_output(root: Path, results: dict, sub: str = "Qwen__Qwen2-VL-2B-Instruct", samples: bool = True) -> Path:
+    """Write ``root/<sub>/<date>_results.json`` and faithful sample logs, like ``--output_path root --log_samples``.
+
+    Sample logs are written only for tasks whose score is a 0-1 number (a spoiled score gets none).
+    """
     folder = root / sub if sub else root
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RESULTS_NAME).write_text(json.dumps(results), encoding="utf-8")
-    (folder / "2026-01-02T03-04-05.123456_samples_chartqa.jsonl").write_text(
-        json.dumps({"doc_id": 0, "target": "1", "filtered_resps": ["1"], "exact_match": 1.0}) + "\n"
-    )
+    for task, res in results.get("results", {}).items() if samples else ():
+        value, counts = res.get("exact_match,none") if isinstance(res, dict) else None, results["n-samples"].get(task)
+        if isinstance(value, float) and 0 <= value <= 1 and isinstance(counts, dict):
+            write_samples(folder, task, sample_lines(results, task))
     return root
 
 
@@ -84,8 +106,9 @@ def invoke(tmp_path, pre: dict, post: dict, *extra: str, down=DOWN, up=UP):
     return main(argv), out
 
 
-def test_doctests():
-    result = doctest.testmod(compare)
+@pytest.mark.parametrize("module", [compare, runs_module, stats, outputs, stages, plots])
+def test_doctests(module):
+    result = doctest.testmod(module)
     assert result.failed == 0 and result.attempted > 0
 
 
@@ -97,7 +120,12 @@ def test_e_f_o_table_and_json(tmp_path, runs, capsys):
     assert data["E"] == pytest.approx(40.0)
     assert data["F"] == pytest.approx(-5.0)
     assert data["O"] == pytest.approx(35.0)
-    assert set(data) == {"E", "F", "O", "tasks"}
+    assert {"E", "F", "O", "tasks"} <= set(data)  # the walking skeleton's fields, extended
+    assert data["schema"] == "forgetbench.compare/2" and data["name"] == "post"
+    assert data["pairing"] == {"mismatches": [], "dropped": {}}
+    for key in ("E", "F", "O"):
+        lo, hi = data[f"{key}_ci"]
+        assert lo <= data[key] <= hi
     expected = {
         "chartqa": ("downstream", 10.0, 70.0), "docvqa": ("downstream", 20.0, 40.0),
         "mmbench": ("upstream", 90.0, 80.0), "pope": ("upstream", 50.0, 50.0),
@@ -109,7 +137,7 @@ def test_e_f_o_table_and_json(tmp_path, runs, capsys):
         assert (row["pre"], row["post"], row["delta"]) == pytest.approx((pre, post, post - pre))
     assert "= +40.00" in stdout and "= -5.00" in stdout and "= +35.00" in stdout
     chartqa_row = next(line for line in stdout.splitlines() if line.startswith("chartqa"))
-    assert chartqa_row.split() == ["chartqa", "downstream", "exact_match", "10.00", "70.00", "+60.00"]
+    assert chartqa_row.split()[:6] == ["chartqa", "downstream", "exact_match", "10.00", "70.00", "+60.00"]
     assert not list(tmp_path.glob(".report.json.*"))  # no temp file left behind
 
 
@@ -317,10 +345,11 @@ REFUSALS = [
     ("empty-task-name", _args(down="chartqa,"), "empty task name"),
     ("metric-malformed", _args("--metric", "chartqa"), "expected TASK=VALUE"),
     ("metric-unknown-task", _args("--metric", "gqa=acc"), "not among"),
-    ("scale-invalid", _args("--metric-scale", "pope=percent"), "fraction or points"),
+    ("scale-invalid", _args("--metric-scale", "pope=percent"), "must be fraction|points|cider|max:N"),
     ("unknown-scale", _unknown_scale, "--metric-scale pope=fraction|points"),
     ("fraction-out-of-range", _accuracy_in_points, "--metric-scale pope=points"),
     ("declared-scale-invalid", _bad_declared_scale, "unknown scale 'percent'"),
+    ("unknown-scale-says-how", _unknown_scale, "metadata.forgetbench.scale"),
     ("metric-differs-pre-post", _declared_post_only, "differs from --pre"),
     ("lower-is-better", _lower_is_better, "lower-is-better"),
     ("json-dir-missing", lambda pre, post, tmp: {"json": tmp / "no" / "such" / "r.json"}, "cannot write"),

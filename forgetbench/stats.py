@@ -1,0 +1,222 @@
+"""Pure statistics of ``forgetbench compare``: scales, E/F/O, paired bootstrap, flips, McNemar, Pareto front.
+
+No I/O here (HF ``evaluate`` style): every function takes numbers and returns numbers, with a runnable example.
+See docs/metrics.md for the definitions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+SCALE_HELP = "fraction|points|cider|max:N"
+
+
+def scale_factor(scale: str) -> tuple[float, float | None]:
+    """``(factor, upper)`` of a scale: points = value * factor; values above ``upper`` are impossible.
+
+    ``fraction`` (0-1 accuracies), ``points`` (already 0-100), ``cider`` (CIDEr, about 0-1.5, reported x100
+    as usual; at most 10 by construction) and ``max:N`` (a score out of N, e.g. MME perception ``max:2000``:
+    percent of the maximum).
+
+    >>> scale_factor("fraction"), scale_factor("points"), scale_factor("cider")
+    ((100.0, 1.0), (1.0, None), (100.0, 10.0))
+    >>> scale_factor("max:800")
+    (0.125, 800.0)
+    >>> scale_factor("percent")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown scale 'percent' (expected fraction|points|cider|max:N)
+    """
+    fixed = {"fraction": (100.0, 1.0), "points": (1.0, None), "cider": (100.0, 10.0)}
+    if isinstance(scale, str) and scale in fixed:
+        return fixed[scale]
+    if isinstance(scale, str) and scale.startswith("max:"):
+        try:
+            top = float(scale[4:])
+        except ValueError:
+            top = math.nan
+        if math.isfinite(top) and top > 0:
+            return 100.0 / top, top
+    raise ValueError(f"unknown scale {scale!r} (expected {SCALE_HELP})")
+
+
+def to_points(value: float, scale: str) -> float:
+    """Convert a metric value to points (0-100; CIDEr may exceed 100).
+
+    >>> to_points(0.25, "fraction")
+    25.0
+    >>> to_points(61.5, "points")
+    61.5
+    >>> to_points(1500, "max:2000")
+    75.0
+    """
+    return float(value) * scale_factor(scale)[0]
+
+
+def relative_change(pre: float, post: float) -> float | None:
+    """``post / pre - 1`` in percent; None when ``pre`` is 0.
+
+    >>> relative_change(40.0, 50.0)
+    25.0
+    >>> relative_change(0.0, 5.0) is None
+    True
+    """
+    return None if pre == 0 else (post / pre - 1.0) * 100.0
+
+
+def specialization_forgetting(
+    pre: Mapping[str, float],
+    post: Mapping[str, float],
+    downstream: Sequence[str],
+    upstream: Sequence[str],
+) -> dict:
+    """E, F and O from per-task scores (already in points).
+
+    Returns ``{"E", "F", "O", "tasks": {task: {"pre", "post", "delta", "role"}}}``.
+
+    >>> pre = {"chartqa": 10.0, "docvqa": 20.0, "mmbench": 90.0, "pope": 50.0}
+    >>> post = {"chartqa": 70.0, "docvqa": 40.0, "mmbench": 80.0, "pope": 50.0}
+    >>> r = specialization_forgetting(pre, post, ["chartqa", "docvqa"], ["mmbench", "pope"])
+    >>> r["E"], r["F"], r["O"]
+    (40.0, -5.0, 35.0)
+    >>> r["tasks"]["mmbench"]
+    {'pre': 90.0, 'post': 80.0, 'delta': -10.0, 'role': 'upstream'}
+    """
+    if not downstream or not upstream:
+        raise ValueError("need at least one downstream and one upstream task")
+    if set(downstream) & set(upstream):
+        raise ValueError("a task cannot be both downstream and upstream")
+    tasks = {}
+    for role, names in (("downstream", downstream), ("upstream", upstream)):
+        for t in names:
+            tasks[t] = {"pre": pre[t], "post": post[t], "delta": post[t] - pre[t], "role": role}
+
+    def mean_delta(names: Sequence[str]) -> float:
+        return sum(tasks[t]["delta"] for t in names) / len(names)
+
+    e, f = mean_delta(downstream), mean_delta(upstream)
+    return {"E": e, "F": f, "O": e + f, "tasks": tasks}
+
+
+# --------------------------------------------------------------------------
+# Paired bootstrap
+# --------------------------------------------------------------------------
+
+def bootstrap_deviations(
+    deltas: Sequence[float], clusters: Sequence | None, resamples: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Resampled mean delta minus the observed mean delta, ``resamples`` times (paired, optionally clustered).
+
+    ``deltas[i]`` is post - pre of document i, so pre and post are resampled jointly. With ``clusters``,
+    whole clusters (e.g. all questions on one image) are drawn and the mean is over the drawn documents.
+    Units with the same (sum, size) are interchangeable, so one multinomial draw over the distinct units
+    gives exactly the nonparametric bootstrap in O(resamples x distinct): 0/1 metrics have at most 3 distinct
+    deltas, whatever the number of documents. Distinct units are ordered by first appearance, so negating
+    ``deltas`` (swapping pre and post) negates every deviation.
+
+    >>> dev = bootstrap_deviations([100.0, 0.0, 0.0, -100.0], None, 1000, np.random.default_rng(0))
+    >>> dev.shape, bool(abs(dev.mean()) < 5), bool(dev.min() >= -100 and dev.max() <= 100)
+    ((1000,), True, True)
+    >>> bootstrap_deviations([5.0, 5.0], None, 3, np.random.default_rng(0))
+    array([0., 0., 0.])
+    """
+    d = np.asarray(deltas, dtype=float)
+    if clusters is None:
+        sums, sizes = d, np.ones_like(d)
+    else:
+        _, first, inverse = np.unique(np.asarray(clusters, dtype=str), return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")  # clusters in order of appearance
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        inverse = rank[inverse.ravel()]
+        sums, sizes = np.bincount(inverse, weights=d), np.bincount(inverse).astype(float)
+    units = np.stack([sums, sizes], axis=1)
+    distinct, first, counts = np.unique(units, axis=0, return_index=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    distinct, counts = distinct[order], counts[order]
+    if len(distinct) <= 1:  # nothing varies: every resample equals the estimate
+        return np.zeros(resamples)
+    estimate = counts @ distinct[:, 0] / (counts @ distinct[:, 1])
+    centred = distinct[:, 0] - distinct[:, 1] * estimate
+    weights = rng.multinomial(len(sums), counts / counts.sum(), size=resamples)
+    return weights @ centred / (weights @ distinct[:, 1])
+
+
+def interval(estimate: float, deviations: np.ndarray, confidence: float) -> list[float]:
+    """Percentile interval ``estimate + quantiles(deviations)``: the same as the quantiles of the resampled
+    statistic, written so that a zero deviation gives exactly ``[estimate, estimate]``.
+
+    >>> interval(10.0, np.array([-2.0, -1.0, 0.0, 1.0, 2.0]), 0.5)
+    [9.0, 11.0]
+    >>> interval(3.0, np.zeros(100), 0.95)
+    [3.0, 3.0]
+    """
+    tail = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(deviations, [tail, 1.0 - tail])
+    return [float(estimate + lo), float(estimate + hi)]
+
+
+def efo_intervals(
+    report: Mapping, deviations: Mapping[str, np.ndarray], confidence: float
+) -> dict[str, list[float] | None]:
+    """Intervals of E, F and O from per-task deviations that share the resample index b.
+
+    ``report`` is :func:`specialization_forgetting`'s result; a role with a task lacking deviations gets None.
+
+    >>> r = specialization_forgetting({"a": 0, "b": 0}, {"a": 10, "b": 0}, ["a"], ["b"])
+    >>> efo_intervals(r, {"a": np.array([-1.0, 1.0]), "b": np.array([-2.0, 0.0])}, 1.0)
+    {'E': [9.0, 11.0], 'F': [-2.0, 0.0], 'O': [7.0, 11.0]}
+    >>> efo_intervals(r, {"a": np.array([-1.0, 1.0])}, 0.95)["F"] is None
+    True
+    """
+    devs = {}
+    for key, role in (("E", "downstream"), ("F", "upstream")):
+        names = [t for t, row in report["tasks"].items() if row["role"] == role]
+        devs[key] = np.mean([deviations[t] for t in names], axis=0) if all(t in deviations for t in names) else None
+    devs["O"] = devs["E"] + devs["F"] if devs["E"] is not None and devs["F"] is not None else None
+    return {k: None if d is None else interval(report[k], d, confidence) for k, d in devs.items()}
+
+
+# --------------------------------------------------------------------------
+# Flips and McNemar's test (0/1 metrics)
+# --------------------------------------------------------------------------
+
+def flip_counts(pre: Sequence[float], post: Sequence[float]) -> dict[str, int]:
+    """Paired 0/1 outcomes: right->wrong (forgotten), wrong->right (learned), and the unchanged.
+
+    >>> flip_counts([1, 1, 0, 0, 1], [0, 1, 1, 0, 1])
+    {'forgotten': 1, 'learned': 1, 'both_right': 2, 'both_wrong': 1}
+    """
+    a, b = np.asarray(pre) == 1, np.asarray(post) == 1
+    return {"forgotten": int(np.sum(a & ~b)), "learned": int(np.sum(~a & b)),
+            "both_right": int(np.sum(a & b)), "both_wrong": int(np.sum(~a & ~b))}
+
+
+def mcnemar_test(flips: Mapping[str, int]) -> dict:
+    """McNemar's test of :func:`flip_counts` (statsmodels): exact binomial when fewer than 25 discordant
+    pairs, else chi-square with continuity correction.
+
+    >>> mcnemar_test({"forgotten": 1, "learned": 9, "both_right": 50, "both_wrong": 40})
+    {'statistic': 1.0, 'pvalue': 0.021484375, 'exact': True}
+    """
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    table = [[flips["both_right"], flips["forgotten"]], [flips["learned"], flips["both_wrong"]]]
+    exact = flips["forgotten"] + flips["learned"] < 25
+    result = mcnemar(table, exact=exact, correction=True)
+    return {"statistic": float(result.statistic), "pvalue": float(result.pvalue), "exact": exact}
+
+
+def pareto_front(points: Mapping[str, tuple[float, float]]) -> list[str]:
+    """Names whose (E, F) no other point beats on both (>= on both, > on one): higher is better for both.
+
+    >>> pareto_front({"lora": (30, -0.5), "full": (40, -20), "ia3": (5, -3), "replay": (39, -1)})
+    ['full', 'replay', 'lora']
+    """
+    def dominated(p):
+        return any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points.values())
+
+    return sorted((n for n, p in points.items() if not dominated(p)), key=lambda n: -points[n][0])
