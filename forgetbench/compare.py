@@ -72,7 +72,8 @@ def _declared(run: dict, task: str, label: str) -> dict:
     meta = config.get("metadata") if isinstance(config, dict) else None
     if isinstance(meta, list):  # lmms-eval also accepts a list of mappings
         meta = next((m for m in meta if isinstance(m, dict) and "forgetbench" in m), None)
-    decl = (meta.get("forgetbench") or {}) if isinstance(meta, dict) else {}
+    decl = meta.get("forgetbench") if isinstance(meta, dict) else None
+    decl = {} if decl is None else decl  # an empty `forgetbench:` in YAML is null
     if not isinstance(decl, dict):
         raise CompareError(f"{label}: task '{task}': metadata.forgetbench is not a mapping")
     return decl
