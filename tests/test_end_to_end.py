@@ -1,0 +1,109 @@
+"""The real tools end to end: the stock lmms-eval CLI, the study command, and compare on their output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, lmms_eval_bin, run_command
+
+
+def read_samples(run_dir: Path, task: str) -> list[dict]:
+    (path,) = run_dir.glob(f"*/*_samples_{task}.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_stock_lmms_eval_cli_finds_and_runs_a_forgetbench_task(lab_model, tmp_path):
+    """No --include_path: the installed entry point is what makes lmms-eval see forgetbench_lab_*."""
+    out = tmp_path / "eval"
+    run_command(
+        [lmms_eval_bin(), "--model", "llava_hf",
+         "--model_args", f"pretrained={lab_model},device=cpu,device_map=cpu",
+         "--tasks", "forgetbench_lab_color", "--batch_size", "1", "--limit", "12",
+         "--output_path", str(out), "--log_samples"],
+        cwd=tmp_path,
+    )
+    (results_file,) = out.glob("*/*_results.json")  # lmms-eval exits 0 even on failure: the file is the proof
+    results = json.loads(results_file.read_text())
+    samples = read_samples(out, "forgetbench_lab_color")
+    assert len(samples) == 12
+    accuracy = results["results"]["forgetbench_lab_color"]["exact_match,none"]
+    assert accuracy == sum(s["exact_match"] for s in samples) / 12
+    assert accuracy >= 0.75  # the base model was pre-trained on colours
+
+
+def test_study_compare_matches_hand_computed_e_f_o(small_study):
+    """E, F, O recomputed here from lmms-eval's per-sample logs, independently of forgetbench.compare."""
+    report = json.loads((small_study / "compare.json").read_text())
+    points = {}
+    for stage in ("pre", "post"):
+        for task in report["tasks"]:
+            samples = read_samples(small_study / "eval" / stage, task)
+            assert len(samples) == 24
+            points[stage, task] = 100 * sum(s["exact_match"] for s in samples) / len(samples)
+    down = [t for t, row in report["tasks"].items() if row["role"] == "downstream"]
+    up = [t for t, row in report["tasks"].items() if row["role"] == "upstream"]
+    assert down == ["forgetbench_lab_digits"]
+    assert up == ["forgetbench_lab_color", "forgetbench_lab_shape", "forgetbench_lab_count"]
+    e = sum(points["post", t] - points["pre", t] for t in down) / len(down)
+    f = sum(points["post", t] - points["pre", t] for t in up) / len(up)
+    assert report["E"] == pytest.approx(e)
+    assert report["F"] == pytest.approx(f)
+    assert report["O"] == pytest.approx(e + f)
+    for task, row in report["tasks"].items():
+        assert row["pre"] == pytest.approx(points["pre", task])
+        assert row["post"] == pytest.approx(points["post", task])
+
+
+def test_study_keeps_every_artefact_in_one_folder(small_study):
+    for relative in ["compare.json", "summary.txt", "model/model.safetensors", "model/forgetbench_manifest.json",
+                     "model/adapter/adapter_model.safetensors", "logs/eval_pre.log", "logs/train.log",
+                     "logs/eval_post.log"]:
+        assert (small_study / relative).is_file(), relative
+    assert len(list((small_study / "eval" / "pre").glob("*/*_results.json"))) == 1
+    assert len(list((small_study / "eval" / "post").glob("*/*_results.json"))) == 1
+    manifest = json.loads((small_study / "model" / "forgetbench_manifest.json").read_text())
+    assert manifest["steps"] == 40 and manifest["method"] == "lora"
+    summary = (small_study / "summary.txt").read_text()
+    assert "forgetbench_lab_digits" in summary and "lora" in summary
+
+
+def test_study_refuses_a_non_empty_output_folder(small_study):
+    before = sorted(p.name for p in small_study.iterdir())
+    completed = subprocess.run([str(BIN / "forgetbench"), "study", "--out", str(small_study)],
+                               capture_output=True, text=True, check=False)
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines() == [
+        f"forgetbench study: error: --out {small_study}: exists and is not empty; pass --overwrite to replace it"
+    ]
+    assert sorted(p.name for p in small_study.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--recipe", "nosuch"], "--recipe nosuch: no such recipe"),
+        (["--config", "/nonexistent.yaml"], "--config /nonexistent.yaml: no such file"),
+    ],
+)
+def test_study_refuses_bad_input_before_writing_anything(tmp_path, args, message):
+    out = tmp_path / "study"
+    completed = subprocess.run([sys.executable, "-m", "forgetbench.cli", "study", "--out", str(out), *args],
+                               capture_output=True, text=True, check=False)
+    assert completed.returncode == 2
+    assert len(completed.stderr.strip().splitlines()) == 1 and message in completed.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_full_lab_study_learns_digits(tmp_path):
+    """The main job as README runs it: E must be clearly positive (a slow test: about 5 minutes)."""
+    out = tmp_path / "study"
+    run_command([str(BIN / "forgetbench"), "study", "--out", str(out)], timeout=1200)
+    report = json.loads((out / "compare.json").read_text())
+    assert report["E"] > 40
+    assert report["tasks"]["forgetbench_lab_digits"]["post"] > 60
