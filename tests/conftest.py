@@ -22,7 +22,8 @@ def run_command(command: list[str], cwd: Path | None = None, timeout: int = 900)
     """Run a command, failing the test with its output tail if it exits non-zero."""
     completed = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
     if completed.returncode != 0:
-        pytest.fail(f"{command[:3]} exited {completed.returncode}:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
+        tail = f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+        pytest.fail(f"{command[:3]} exited {completed.returncode}:\n{tail}")
     return completed
 
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, lmms_eval_bin, run_command
 
 

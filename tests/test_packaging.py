@@ -9,8 +9,8 @@ import zipfile
 from pathlib import Path
 
 import yaml
-
 from conftest import REPO, run_command
+
 from forgetbench import tasks_path
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO
+
 from forgetbench.architectures import LLAVA
 
 CONFIGS = sorted((REPO / "recipes" / "configs").rglob("*.yaml"))
