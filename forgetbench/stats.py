@@ -114,7 +114,8 @@ def bootstrap_deviations(
     whole clusters (e.g. all questions on one image) are drawn and the mean is over the drawn documents.
     Units with the same (sum, size) are interchangeable, so one multinomial draw over the distinct units
     gives exactly the nonparametric bootstrap in O(resamples x distinct): 0/1 metrics have at most 3 distinct
-    deltas, whatever the number of documents. Distinct units are ordered by first appearance, so negating
+    deltas, whatever the number of documents. With more than 64 distinct units (continuous metrics) unit
+    indices are drawn instead, O(resamples x units). Units are ordered by first appearance, so negating
     ``deltas`` (swapping pre and post) negates every deviation.
 
     >>> dev = bootstrap_deviations([100.0, 0.0, 0.0, -100.0], None, 1000, np.random.default_rng(0))
@@ -124,25 +125,37 @@ def bootstrap_deviations(
     array([0., 0., 0.])
     """
     d = np.asarray(deltas, dtype=float)
-    if clusters is None:
-        sums, sizes = d, np.ones_like(d)
+    if clusters is None:  # every document is a unit of size 1 (1-D unique: ~10x faster than row-wise)
+        units = np.stack([d, np.ones_like(d)], axis=1)
+        distinct, first, counts = np.unique(d, return_index=True, return_counts=True)
+        distinct = np.stack([distinct, np.ones_like(distinct)], axis=1)
     else:
         _, first, inverse = np.unique(np.asarray(clusters, dtype=str), return_index=True, return_inverse=True)
         order = np.argsort(first, kind="stable")  # clusters in order of appearance
         rank = np.empty_like(order)
         rank[order] = np.arange(order.size)
         inverse = rank[inverse.ravel()]
-        sums, sizes = np.bincount(inverse, weights=d), np.bincount(inverse).astype(float)
-    units = np.stack([sums, sizes], axis=1)
-    distinct, first, counts = np.unique(units, axis=0, return_index=True, return_counts=True)
+        units = np.stack([np.bincount(inverse, weights=d), np.bincount(inverse).astype(float)], axis=1)
+        distinct, first, counts = np.unique(units, axis=0, return_index=True, return_counts=True)
     order = np.argsort(first, kind="stable")
     distinct, counts = distinct[order], counts[order]
     if len(distinct) <= 1:  # nothing varies: every resample equals the estimate
         return np.zeros(resamples)
     estimate = counts @ distinct[:, 0] / (counts @ distinct[:, 1])
     centred = distinct[:, 0] - distinct[:, 1] * estimate
-    weights = rng.multinomial(len(sums), counts / counts.sum(), size=resamples)
-    return weights @ centred / (weights @ distinct[:, 1])
+    out = np.empty(resamples)
+    many = len(counts) > 64  # a continuous metric: draw unit indices, O(resamples x units), as cheap as it gets
+    pool, size = (units[:, 0] - units[:, 1] * estimate, units[:, 1]) if many else (centred, distinct[:, 1])
+    step = max(1, 20_000_000 // len(pool))  # bound the memory of one block of resamples
+    for lo in range(0, resamples, step):
+        m = min(step, resamples - lo)
+        if many:
+            idx = rng.integers(0, len(pool), size=(m, len(pool)))
+            out[lo:lo + m] = pool[idx].sum(axis=1) / size[idx].sum(axis=1)
+        else:
+            weights = rng.multinomial(counts.sum(), counts / counts.sum(), size=m)
+            out[lo:lo + m] = weights @ pool / (weights @ size)
+    return out
 
 
 def interval(estimate: float, deviations: np.ndarray, confidence: float) -> list[float]:

@@ -58,10 +58,13 @@ def test_clustering_widens_the_interval_of_correlated_documents():
     assert clustered.std() / plain.std() == pytest.approx(np.sqrt(10), rel=0.2)
 
 
-def test_bootstrap_matches_scipy():
-    """The multinomial shortcut is the ordinary paired bootstrap: same interval as scipy's (within noise)."""
+@pytest.mark.parametrize("continuous", [False, True])
+def test_bootstrap_matches_scipy(continuous):
+    """Both sampling paths (multinomial over distinct 0/1 deltas; unit indices for a continuous metric) are the
+    ordinary paired bootstrap: the same interval as scipy's, within resampling noise."""
     rng = np.random.default_rng(5)
-    pre, post = rng.integers(0, 2, 400).astype(float), rng.integers(0, 2, 400).astype(float)
+    draw = (lambda: rng.random(400)) if continuous else (lambda: rng.integers(0, 2, 400).astype(float))
+    pre, post = draw(), draw()
     ours = stats.interval(100 * (post - pre).mean(),
                           stats.bootstrap_deviations(100 * (post - pre), None, 20000, rng), 0.95)
     ref = scipy.stats.bootstrap((pre, post), lambda a, b, axis: 100 * (b - a).mean(axis=axis), paired=True,
@@ -164,7 +167,7 @@ def test_interval_contains_the_point_estimate(case):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.floats(-100, 100, allow_nan=False), min_size=1, max_size=50), st.integers(0, 1000))
+@given(st.lists(st.floats(-100, 100, allow_nan=False), min_size=1, max_size=150), st.integers(0, 1000))
 def test_deviation_negation_is_exact(deltas, seed):
     a = stats.bootstrap_deviations(deltas, None, 200, np.random.default_rng(seed))
     b = stats.bootstrap_deviations([-d for d in deltas], None, 200, np.random.default_rng(seed))
