@@ -177,7 +177,7 @@ def paired_scores(runs: Sequence[tuple[dict, str]], task: str, metric: str | Non
     ``metric`` and ``scale`` are the user's overrides (or None).
     """
     scored = [score(run, task, label, metric, scale) for run, label in runs]
-    for (run, label), (m, s, _) in zip(runs[1:], scored[1:], strict=True):
+    for (_, label), (m, s, _) in zip(runs[1:], scored[1:], strict=True):
         if m != scored[0][0]:
             raise CompareError(f"{label}: task '{task}': primary metric differs from {runs[0][1]}")
         if s != scored[0][1]:
@@ -547,6 +547,16 @@ def refuse(prog: str, exc: CompareError) -> int:
     return 2
 
 
+def emit(text: str) -> int:
+    """Print the table: 0, or 1 when stdout was closed early."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # e.g. `| head`: silence the flush at exit, as the Python docs advise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``forgetbench compare``; returns the exit code (0 ok, 2 refused)."""
     try:
@@ -555,12 +565,7 @@ def run(args: argparse.Namespace) -> int:
         write_files(render_files(report, forgotten, out, json_path), out)
     except CompareError as exc:
         return refuse(PROG, exc)
-    try:
-        print(format_table(report, args.relative), flush=True)
-    except BrokenPipeError:  # e.g. `| head`: silence the flush at exit, as the Python docs advise
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    return 0
+    return emit(format_table(report, args.relative))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -230,8 +230,10 @@ def load_samples(run: dict, task: str, metric: str, cluster_key: str | None, lab
 def sample_mismatches(pre: dict[int, Sample], post: dict[int, Sample], task: str, label: str) -> tuple[list, list]:
     """``(common doc ids in pre's order, mismatch lines)``: documents must be the same, asked the same way.
 
-    >>> a = {0: Sample("q0", "x", "x", 1.0, None), 1: Sample("q1", "y", "y", 1.0, None), 3: Sample("q3", 1, 1, 0.0, None)}
-    >>> b = {0: Sample("q0?", "x", "z", 0.0, None), 2: Sample("q2", "y", "y", 1.0, None), 3: Sample("q3", 1, 0, 0.0, None)}
+    >>> a = {0: Sample("q0", "x", "x", 1.0, None), 1: Sample("q1", "y", "y", 1.0, None),
+    ...      3: Sample("q3", 1, 1, 0.0, None)}
+    >>> b = {0: Sample("q0?", "x", "z", 0.0, None), 2: Sample("q2", "y", "y", 1.0, None),
+    ...      3: Sample("q3", 1, 0, 0.0, None)}
     >>> common, found = sample_mismatches(a, b, "t", "--post P")
     >>> common
     [3]

@@ -12,7 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from forgetbench import outputs
-from forgetbench.compare import add_score_options, assignments, paired_scores, refuse, to_points, write_files
+from forgetbench.compare import (
+    add_score_options,
+    assignments,
+    emit,
+    paired_scores,
+    refuse,
+    to_points,
+    write_files,
+)
 from forgetbench.runs import CompareError, load_run, run_mismatches
 
 PROG = "forgetbench stages"
@@ -108,8 +116,7 @@ def run(args: argparse.Namespace) -> int:
         write_files(files, Path(args.out) if args.out else None)
     except CompareError as exc:
         return refuse(PROG, exc)
-    print(format_table(report))
-    return 0
+    return emit(format_table(report))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -127,8 +127,11 @@ def _paired(draw, values):
             for t in ("down", "up1", "up2")}
 
 
+BINARY = st.sampled_from([0.0, 1.0])
+
+
 @st.composite
-def paired_runs(draw, values=st.sampled_from([0.0, 1.0])):
+def paired_runs(draw, values=BINARY):
     return _paired(draw, values), draw(st.integers(0, 2**32 - 1))
 
 
