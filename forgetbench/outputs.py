@@ -20,6 +20,8 @@ def write_all_atomic(files: Mapping[Path, bytes]) -> None:
     temps: dict[Path, str] = {}
     done: list[Path] = []
     current = None
+    umask = os.umask(0)
+    os.umask(umask)  # mkstemp makes 0600 files; give the usual 0666 & ~umask instead
     try:
         for current, data in files.items():
             fd, tmp = tempfile.mkstemp(prefix=f".{current.name}.", suffix=".tmp", dir=current.parent)
@@ -28,6 +30,7 @@ def write_all_atomic(files: Mapping[Path, bytes]) -> None:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.chmod(tmp, 0o666 & ~umask)
         for current, tmp in temps.items():
             os.replace(tmp, current)
             done.append(current)
