@@ -9,7 +9,7 @@ from forgetbench import __version__, recipes_path, tasks_path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from forgetbench import compare, study
+    from forgetbench import compare, stages, study
 
     parser = argparse.ArgumentParser(prog="forgetbench", description=__doc__)
     parser.add_argument("--version", action="version", version=f"forgetbench {__version__}")
@@ -25,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     compare_parser = commands.add_parser("compare", help="E, F and O from a pre- and a post-tuning lmms-eval run")
     compare.configure_parser(compare_parser)
     compare_parser.set_defaults(func=compare.run)
+
+    stages_parser = commands.add_parser(
+        "stages", help="accuracy matrix, BWT, MFN, MAA and forgetting over successive fine-tunes"
+    )
+    stages.configure_parser(stages_parser)
+    stages_parser.set_defaults(func=stages.run)
 
     study_parser = commands.add_parser("study", help="the whole study: evaluate, fine-tune, evaluate, compare")
     study.configure_parser(study_parser)

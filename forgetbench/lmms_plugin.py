@@ -49,6 +49,8 @@ def add_task_folder() -> bool:
 
 
 def lmms_eval_entry_point() -> list:
-    """The ``lmms_eval.models`` entry point: registers the task folder; forgetbench adds no model (yet)."""
+    """The ``lmms_eval.models`` entry point: registers the task folder and the ``forgetbench`` model."""
+    from forgetbench.lmms_model import manifest
+
     add_task_folder()
-    return []
+    return [manifest()]

@@ -82,7 +82,7 @@ def to_sft_example(doc: dict) -> dict:
     }
 
 
-# lmms-eval hooks, referenced from tasks/lab/_default_template_yaml.
+# lmms-eval hooks, referenced from tasks/lab/_base_yaml and the templates that include it.
 
 
 def doc_to_visual(doc: dict) -> list:
@@ -95,6 +95,11 @@ def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str
 
 def doc_to_target(doc: dict) -> str:
     return doc["answer"]
+
+
+def doc_to_choice(doc: dict) -> list[str]:
+    """The closed-set variants score every label of the task (lmms-eval prefixes each with a space)."""
+    return list(LAB_TASKS[doc["task"]].labels)
 
 
 def process_results(doc: dict, results: list[str]) -> dict:
