@@ -1,22 +1,11 @@
-"""LoRA fine-tuning of a multimodal LLM with TRL's SFTTrainer.
+"""lora (reparameterization): LoRA on every attention and MLP linear layer of the LLM.
 
     accelerate launch recipes/lora.py --config recipes/configs/lab/lora.yaml
 
-Any config value can be overridden on the command line, e.g. ``--max_steps 50 --output_dir runs/lora``.
-Writes the merged checkpoint (loadable by lmms-eval's ``llava_hf``), ``adapter/`` and ``forgetbench_manifest.json``
-to ``output_dir``.
+What a method trains is in forgetbench/methods.py; options, outputs and configs: docs/recipes.md.
 """
 
-from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
-
-from forgetbench.training import ForgetbenchArguments, run_recipe
-
-
-def main(script_args, training_args, model_args, forgetbench_args):
-    forgetbench_args.method = "lora"
-    run_recipe(script_args, training_args, model_args, forgetbench_args)
-
+from forgetbench.training import recipe_main
 
 if __name__ == "__main__":
-    parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, ForgetbenchArguments))
-    main(*parser.parse_args_and_config())
+    recipe_main("lora")
