@@ -118,9 +118,12 @@ def batch(model, batch_size: int = 2, text_tokens: int = 8, seed: int = 0) -> di
         if kind == "LlavaOnevisionForConditionalGeneration":
             pixel_values = torch.randn(batch_size, 2, 3, size, size, generator=generator)  # base view + one crop
             image = {"pixel_values": pixel_values, "image_sizes": torch.tensor([[size, size]] * batch_size)}
+            weight = model.model.vision_tower.embeddings.patch_embedding.weight
             with torch.no_grad():
-                features = model.model.get_image_features(pixel_values=pixel_values[:1], image_sizes=image[
-                    "image_sizes"][:1], vision_feature_layer=config.vision_feature_layer,
+                features = model.model.get_image_features(
+                    pixel_values=pixel_values[:1].to(weight.device, weight.dtype),
+                    image_sizes=image["image_sizes"][:1].to(weight.device),
+                    vision_feature_layer=config.vision_feature_layer,
                     vision_feature_select_strategy=config.vision_feature_select_strategy)
             features = getattr(features, "pooler_output", features)
             n_image = sum(f.shape[0] for f in features)

@@ -195,7 +195,9 @@ def _callbacks():
             self.diverged: str | None = None
 
         def _stop(self, state, control, what: str):
-            self.diverged = self.diverged or f"step {state.global_step}: {what}"
+            first = self.diverged is None or self.diverged.startswith(f"step {state.global_step}:")
+            if first:  # every symptom of the first bad step, in one line
+                self.diverged = f"{self.diverged}, {what}" if self.diverged else f"step {state.global_step}: {what}"
             control.should_training_stop = True
             control.should_save = False
 
@@ -339,6 +341,10 @@ def run_recipe(script_args, training_args, model_args, forgetbench_args: Forgetb
             "steps": trainer.state.global_step,
             "final_train_loss": next(
                 (log["train_loss"] for log in reversed(trainer.state.log_history) if "train_loss" in log), None
+            ),
+            "losses": [[log["step"], log["loss"]] for log in trainer.state.log_history if "loss" in log],
+            "train_seconds": next(
+                (log["train_runtime"] for log in reversed(trainer.state.log_history) if "train_runtime" in log), None
             ),
             "versions": library_versions(),
         }

@@ -1,0 +1,41 @@
+"""A recipe in 2 processes on CPU (torchrun, gloo): both ranks end with the same weights, and those equal a
+1-process run at twice the per-device batch (the same global batch), up to float rounding."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import torch
+from conftest import BIN, REPO
+
+ARGS = ["--config", str(REPO / "recipes" / "configs" / "lab" / "lora.yaml"), "--max_steps", "4", "--lora_r", "4",
+        "--logging_steps", "1", "--warmup_steps", "0", "--use_cpu", "true", "--max_train_samples", "64"]
+
+
+def _run(command: list[str], out) -> None:
+    # Every rank writes its trainable weights (a forgetbench test hook); one thread per process on 2 shared cores.
+    env = {**os.environ, "FORGETBENCH_SAVE_RANK_STATE": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run([*command, *ARGS, "--output_dir", str(out)], env=env, capture_output=True, text=True,
+                               timeout=600, check=False, cwd=out.parent)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+
+def test_two_processes_match_each_other_and_one_process_at_the_same_global_batch(tmp_path):
+    recipe = str(REPO / "recipes" / "lora.py")
+    _run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", recipe, "--per_device_train_batch_size", "4"],
+         tmp_path / "ddp")
+    _run([str(BIN / "python"), recipe, "--per_device_train_batch_size", "8"], tmp_path / "single")
+
+    rank0, rank1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in (0, 1))
+    single = torch.load(tmp_path / "single" / "rank0.pt")
+    assert rank0.keys() == rank1.keys() == single.keys() and len(rank0) == 4 * 7 * 2
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # DDP: one all-reduced gradient, one update
+    moved = max(float(single[k].abs().max()) for k in single if "lora_B" in k)  # B starts at zero
+    assert moved > 1e-3
+    # 2 ranks x 4 rows = 1 process x 8 rows: the same rows (accelerate deals each rank alternate batches of one
+    # seeded order) and the same mean loss (every answer is one token + </s>), so only rounding may differ.
+    assert max(float((rank0[k] - single[k]).abs().max()) for k in rank0) < 1e-5
+    manifest = json.loads((tmp_path / "ddp" / "forgetbench_manifest.json").read_text())
+    assert manifest["steps"] == 4 and manifest["method"] == "lora"
