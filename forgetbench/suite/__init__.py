@@ -1,0 +1,114 @@
+"""forgetbench's benchmark task suite: the tasks the seeds use, their one prompt definition each, and their training
+rows.
+
+lmms-eval reads the prompts and scorers through the task YAMLs in ``tasks/{rsvqa,pathvqa,iconqa,emt,ocrvqa,groups}``
+(``!function forgetbench.suite.<module>.<hook>``); training reads the same prompts through
+:func:`train_conversations`. docs/tasks.md has one card per task.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SuiteTask:
+    name: str  # lmms-eval task name
+    role: str  # "downstream", "upstream" or "emt"
+    module: str  # forgetbench.suite module holding the prompt and ``to_sft_example``
+    example: str = "to_sft_example"
+    # For lmms-eval's own tasks, whose hub copies hold only the evaluated split: (hub id, the hub split that holds
+    # the requested one or "" for the same name, the forgetbench.suite.reused function that keeps its rows).
+    train_source: tuple[str, str, str] | None = None
+
+
+_OWN = [
+    SuiteTask("forgetbench_rsvqa_lr", "downstream", "rsvqa"),
+    SuiteTask("forgetbench_rsvqa_hr", "downstream", "rsvqa"),
+    SuiteTask("forgetbench_pathvqa", "downstream", "pathvqa"),
+    SuiteTask("forgetbench_iconqa", "downstream", "iconqa"),
+    SuiteTask("forgetbench_ocrvqa", "upstream", "ocrvqa"),
+] + [SuiteTask(f"forgetbench_emt_{key}{variant}", "emt", "emt")
+     for key in ("mnist", "cifar10", "cifar100", "miniimagenet") for variant in ("", "_closed")]
+_REUSED = [
+    SuiteTask("scienceqa_img", "downstream", "reused", "scienceqa_example",
+              ("derek-thomas/ScienceQA", "", "scienceqa_rows")),
+    SuiteTask("flickr30k_test", "downstream", "reused", "flickr30k_example",
+              ("nlphuji/flickr30k", "test", "flickr30k_rows")),
+]
+TASKS: dict[str, SuiteTask] = {task.name: task for task in _OWN + _REUSED}
+
+# What the groups in tasks/groups/ list (lmms-eval's own task names where a task is reused).
+DOWNSTREAM = ("forgetbench_rsvqa_lr", "forgetbench_pathvqa", "forgetbench_iconqa", "scienceqa_img", "flickr30k_test")
+UPSTREAM = ("ok_vqa_val2014", "gqa", "textvqa_val", "forgetbench_ocrvqa", "coco2017_cap_val", "mme")
+EMT = ("forgetbench_emt_mnist", "forgetbench_emt_cifar10", "forgetbench_emt_cifar100", "forgetbench_emt_miniimagenet")
+
+
+def _module(task: SuiteTask):
+    return importlib.import_module(f"forgetbench.suite.{task.module}")
+
+
+def task_yaml(task_name: str) -> Path:
+    """The YAML file that defines one of forgetbench's own suite tasks."""
+    import forgetbench
+
+    found = sorted(p for p in forgetbench.tasks_path().rglob(f"{task_name}.yaml") if "lab" not in p.parts)
+    if not found:
+        raise KeyError(f"{task_name}: no such forgetbench suite task YAML under {forgetbench.tasks_path()}")
+    return found[0]
+
+
+@functools.cache
+def task_config(task_name: str) -> dict:
+    """The task's lmms-eval config, includes resolved and ``!function`` hooks imported, as lmms-eval reads it."""
+    from lmms_eval.utils import load_yaml_config
+
+    return load_yaml_config(str(task_yaml(task_name)), mode="full")
+
+
+def load_split(task_name: str, split: str, data_files: str | dict | None = None):
+    """One split of a suite task's documents, loaded exactly as its lmms-eval task loads them (hub id or local
+    parquet from the YAML, then ``process_docs``). ``data_files`` reads a local parquet copy instead (a path, or
+    ``{split: path}``), with the same columns as the hub copy."""
+    import datasets
+
+    task = _task(task_name)
+    if data_files is not None:
+        files = data_files if isinstance(data_files, dict) else {split: str(data_files)}
+        dataset = datasets.load_dataset("parquet", data_files=files, split=split)
+    elif task.train_source:
+        hub_id, hub_split, _ = task.train_source
+        dataset = datasets.load_dataset(hub_id, split=hub_split or split)
+    else:
+        config = task_config(task_name)
+        kwargs = dict(config.get("dataset_kwargs") or {})
+        if kwargs.pop("load_from_disk", False):
+            dataset = datasets.load_from_disk(config["dataset_path"])[split]
+        else:
+            dataset = datasets.load_dataset(config["dataset_path"], config.get("dataset_name"), split=split, **kwargs)
+    if task.train_source:
+        return getattr(_module(task), task.train_source[2])(dataset, split)
+    process_docs = task_config(task_name).get("process_docs")
+    return process_docs(dataset) if process_docs else dataset
+
+
+def train_conversations(task_name: str, split: str = "train", data_files: str | dict | None = None):
+    """A suite task's ``split`` as TRL vision-language SFT rows (``images``, ``messages``), asked with the very
+    prompt its evaluation uses. ``data_files``: a local parquet copy (see :func:`load_split`).
+
+    Tasks: the keys of :data:`TASKS` (forgetbench's own, plus ``scienceqa_img`` and ``flickr30k_test``, whose
+    train splits come from the hub copies named in ``forgetbench.suite.reused``).
+    """
+    task = _task(task_name)
+    dataset = load_split(task_name, split, data_files)
+    example = getattr(_module(task), task.example)
+    return dataset.map(example, remove_columns=dataset.column_names)
+
+
+def _task(task_name: str) -> SuiteTask:
+    if task_name not in TASKS:
+        raise KeyError(f"{task_name}: not a forgetbench suite task (known: {', '.join(TASKS)})")
+    return TASKS[task_name]

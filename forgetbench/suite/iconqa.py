@@ -1,0 +1,97 @@
+"""IconQA (Lu et al., 2021): abstract-diagram QA in three sub-tasks, scored per sub-task.
+
+Source: the copy lmms-eval's own ``iconqa`` task reads, ``lmms-lab-encoder/ICON-QA`` (splits val, test), with the
+columns its ``utils.py`` uses: ``question_id``, ``question``, ``ques_type`` (choose_txt, choose_img, fill_in_blank),
+``choices`` (the options joined by ","), ``answer`` (string), ``query_image`` (Image) and ``choice_image_0`` ..
+``choice_image_4`` (Image or null; the options of choose_img).
+
+Unlike lmms-eval's prompt (which offers "The first image." and "The second image." whatever the images), the
+choose_img prompt here names every option by its position among the images the model sees: the question image is
+the 1st, option A the 2nd, and so on.
+"""
+
+from __future__ import annotations
+
+from forgetbench.suite import scoring
+from forgetbench.suite.common import SHORT_ANSWER, conversation, first, rgb
+
+SUB_TASKS = ("choose_txt", "choose_img", "fill_in_blank")
+MAX_CHOICE_IMAGES = 5
+ORDINALS = ("1st", "2nd", "3rd", "4th", "5th", "6th")
+CHOOSE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+
+
+def choice_images(doc: dict) -> list:
+    return [doc[key] for i in range(MAX_CHOICE_IMAGES) if (key := f"choice_image_{i}") in doc and doc[key] is not None]
+
+
+def options(doc: dict) -> list[str]:
+    """The options as the prompt shows them (without their letters)."""
+    if doc["ques_type"] == "choose_img":
+        return [f"the {ORDINALS[i + 1]} image" for i in range(len(choice_images(doc)))]
+    if doc["ques_type"] == "choose_txt":
+        return [choice.strip() for choice in str(doc["choices"]).split(",")]
+    return []
+
+
+def gold_index(doc: dict) -> int:
+    """The correct option: ``answer`` is the option's text, or its 0-based index (as a string)."""
+    opts = [c.strip() for c in str(doc["choices"]).split(",")] if doc["ques_type"] == "choose_txt" else []
+    answer = str(doc["answer"]).strip()
+    if answer in opts:
+        return opts.index(answer)
+    if answer.isdigit() and int(answer) < max(len(opts), len(choice_images(doc))):
+        return int(answer)
+    raise ValueError(f"IconQA question {doc.get('question_id')}: answer {answer!r} is not one of its options")
+
+
+def prompt(doc: dict) -> str:
+    question = doc["question"].strip()
+    if doc["ques_type"] == "fill_in_blank":
+        return f"{question}\n{SHORT_ANSWER}"
+    letters = scoring.option_letters(len(options(doc)))
+    lines = [f"{letter}. {option}" for letter, option in zip(letters, options(doc), strict=True)]
+    header = "The 1st image is the question's image; the options are the images after it.\n" if (
+        doc["ques_type"] == "choose_img") else ""
+    return f"{header}{question}\n" + "\n".join(lines) + f"\n{CHOOSE_INSTRUCTION}"
+
+
+def target(doc: dict) -> str:
+    if doc["ques_type"] == "fill_in_blank":
+        return str(doc["answer"]).strip()
+    return scoring.OPTION_LETTERS[gold_index(doc)]
+
+
+def to_sft_example(doc: dict) -> dict:
+    return conversation(doc_to_visual(doc), prompt(doc), target(doc))
+
+
+# lmms-eval hooks (tasks/iconqa/).
+
+
+def doc_to_visual(doc: dict) -> list:
+    """The question image, then every choice image: in choose_img the model must see the options."""
+    return [rgb(image) for image in [doc["query_image"], *choice_images(doc)]]
+
+
+def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    return prompt(doc)
+
+
+def doc_to_target(doc: dict) -> str:
+    return target(doc)
+
+
+def process_results(doc: dict, results: list) -> dict:
+    answer = first(results)
+    if doc["ques_type"] == "fill_in_blank":
+        correct = scoring.answers_match(answer, str(doc["answer"]))
+    else:
+        correct = scoring.parse_option(answer, options(doc)) == gold_index(doc)
+    record = scoring.typed(doc["ques_type"], float(correct))
+    return {"accuracy": float(correct), **{f"accuracy_{kind}": record for kind in SUB_TASKS}}
+
+
+accuracy_choose_txt = scoring.type_mean("choose_txt")
+accuracy_choose_img = scoring.type_mean("choose_img")
+accuracy_fill_in_blank = scoring.type_mean("fill_in_blank")

@@ -1,0 +1,122 @@
+"""RSVQA-LR and RSVQA-HR (Lobry et al., 2020): remote-sensing VQA, scored per question type as the papers do.
+
+The official release (Zenodo 6344334 for LR, 6344367 for HR) is a folder of images plus JSON files; no complete hub
+copy is known. ``python -m forgetbench.suite.rsvqa`` converts a release into the parquet files the task YAMLs read:
+
+    python -m forgetbench.suite.rsvqa --variant lr --release ~/data/RSVQA_LR --out rsvqa_lr
+
+Release layout (LR prefix ``LR``, HR prefix ``USGS``; split ``train``, ``val``, ``test``, HR also ``test_phili``):
+``{prefix}_split_{split}_questions.json`` = ``{"questions": [{"id", "img_id", "type", "question", "answers_ids",
+"active"}]}``, ``..._answers.json`` = ``{"answers": [{"id", "question_id", "answer", "active"}]}``,
+``..._images.json`` = ``{"images": [{"id", "questions_ids", "active"}]}``, and ``Images_LR/{id}.tif`` (HR:
+``Data/{id}.tif`` or ``Images_HR/{id}.tif``).
+
+Converted columns: ``question_id`` (int64), ``image_id`` (int64), ``image`` (string: absolute path of the tif, so
+that a million HR questions do not copy their 10 659 images), ``question``, ``answer``, ``type`` (strings; type as
+in the release: presence, comp, count, rural_urban (LR), area (HR)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from forgetbench.suite import scoring
+from forgetbench.suite.common import doc_to_text, doc_to_visual, first, prompt, to_sft_example
+
+__all__ = ["convert_release", "doc_to_text", "doc_to_visual", "prompt", "to_sft_example"]
+
+QUESTION_TYPES = {"lr": ("presence", "comp", "count", "rural_urban"), "hr": ("presence", "comp", "count", "area")}
+PREFIX = {"lr": "LR", "hr": "USGS"}
+IMAGE_FOLDERS = {"lr": ("Images_LR",), "hr": ("Data", "Images_HR")}
+SPLITS = ("train", "val", "test", "test_phili")
+
+
+# lmms-eval hooks (tasks/rsvqa/): the prompt and images are the shared short-answer ones; the image is a path.
+
+
+def _scorer(variant: str):
+    def process_results(doc: dict, results: list) -> dict:
+        """Overall accuracy per question (OA), the same record under AA and each per-type metric, and the image id
+        for clustered intervals. Counts compare as numbers ("3", "three", "3." agree)."""
+        correct = float(scoring.answers_match(first(results), doc["answer"]))
+        record = scoring.typed(doc["type"], correct)
+        per_type = {f"accuracy_{kind}": record for kind in QUESTION_TYPES[variant]}
+        return {"accuracy": correct, "average_accuracy": record, **per_type, "image_id": int(doc["image_id"])}
+
+    process_results.__name__ = f"process_results_{variant}"
+    return process_results
+
+
+process_results_lr = _scorer("lr")
+process_results_hr = _scorer("hr")
+average_accuracy = scoring.average_accuracy
+accuracy_presence = scoring.type_mean("presence")
+accuracy_comp = scoring.type_mean("comp")
+accuracy_count = scoring.type_mean("count")
+accuracy_rural_urban = scoring.type_mean("rural_urban")
+accuracy_area = scoring.type_mean("area")
+
+
+# -- converting the official release ---------------------------------------------------------------------------------
+
+
+def convert_release(release: Path, variant: str, out: Path) -> list[Path]:
+    """Write ``out/{split}.parquet`` for every split of the release found; returns the files written."""
+    import datasets
+
+    release, out = Path(release).resolve(), Path(out)
+    if variant not in PREFIX:
+        raise ValueError(f"--variant {variant!r}: expected one of {', '.join(PREFIX)}")
+    image_dir = next((release / name for name in IMAGE_FOLDERS[variant] if (release / name).is_dir()), None)
+    if image_dir is None:
+        raise FileNotFoundError(f"{release}: no image folder ({' or '.join(IMAGE_FOLDERS[variant])})")
+    written = []
+    for split in SPLITS:
+        stem = release / f"{PREFIX[variant]}_split_{split}"
+        if not Path(f"{stem}_questions.json").is_file():
+            continue
+        rows = _release_rows(stem, image_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        target = out / f"{split}.parquet"
+        datasets.Dataset.from_list(rows).to_parquet(str(target))
+        written.append(target)
+    if not written:
+        raise FileNotFoundError(f"{release}: no {PREFIX[variant]}_split_*_questions.json")
+    return written
+
+
+def _release_rows(stem: Path, image_dir: Path) -> list[dict]:
+    def read(kind: str) -> list[dict]:
+        path = Path(f"{stem}_{kind}.json")
+        try:
+            return json.loads(path.read_text())[kind]
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"{path}: not an RSVQA {kind} file ({error})") from error
+
+    answers = {a["id"]: a for a in read("answers")}
+    images = {i["id"]: i for i in read("images")}
+    rows = []
+    for q in read("questions"):
+        if not q.get("active", True) or not images.get(q["img_id"], {}).get("active", True):
+            continue
+        answer = answers[q["answers_ids"][0]]["answer"]
+        rows.append({"question_id": int(q["id"]), "image_id": int(q["img_id"]),
+                     "image": str(image_dir / f"{q['img_id']}.tif"), "question": q["question"],
+                     "answer": str(answer), "type": q["type"].lower()})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m forgetbench.suite.rsvqa", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", choices=sorted(PREFIX), required=True)
+    parser.add_argument("--release", type=Path, required=True, help="the unzipped official release")
+    parser.add_argument("--out", type=Path, required=True, help="folder for {split}.parquet")
+    args = parser.parse_args(argv)
+    for path in convert_release(args.release, args.variant, args.out):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
