@@ -213,3 +213,30 @@ def test_groups_resolve_against_lmms_eval_tasks(default_task_manager, group):
 
 def test_nan_marks_a_question_type_that_was_not_evaluated():
     assert math.isnan(rsvqa.accuracy_area([suite.scoring.typed("count", 1.0)]))
+
+
+def test_iconqa_converter_reads_the_official_layout(tmp_path):
+    from forgetbench.suite import iconqa
+
+    release = tmp_path / "iconqa_data"
+    problems = {"11": {"question": "Which is round?", "choices": ["square", "circle"], "answer": 1},
+                "12": {"question": "Which has 2 dots?", "choices": ["choice_0.png", "choice_1.png", "choice_2.png"],
+                       "answer": 2},
+                "13": {"question": "How many stars?", "answer": "5"}}
+    for pid, kind, n_choices in (("11", "choose_txt", 0), ("12", "choose_img", 3), ("13", "fill_in_blank", 0)):
+        folder = release / "iconqa" / "train" / kind / pid
+        folder.mkdir(parents=True)
+        fixtures.image(int(pid)).save(folder / "image.png")
+        for i in range(n_choices):
+            fixtures.image(100 + i).save(folder / f"choice_{i}.png")
+    (release / "problems.json").write_text(json.dumps(problems))
+    (release / "pid_splits.json").write_text(json.dumps(
+        {"choose_txt_train": ["11"], "choose_img_train": ["12"], "fill_in_blank_train": ["13"]}))
+    out = iconqa.convert_release(release, "train", tmp_path / "train.parquet")
+    rows = suite.train_conversations("forgetbench_iconqa", data_files=str(out))
+    targets = [row["messages"][1]["content"][0]["text"] for row in rows]
+    assert targets == ["B", "C", "5"]
+    assert [len(row["images"]) for row in rows] == [1, 4, 1]
+    assert "C. the 4th image" in rows[1]["messages"][0]["content"][-1]["text"]
+    with pytest.raises(ValueError, match="lists no test problem"):
+        iconqa.convert_release(release, "test", tmp_path / "test.parquet")

@@ -8,9 +8,16 @@ columns its ``utils.py`` uses: ``question_id``, ``question``, ``ques_type`` (cho
 Unlike lmms-eval's prompt (which offers "The first image." and "The second image." whatever the images), the
 choose_img prompt here names every option by its position among the images the model sees: the question image is
 the 1st, option A the 2nd, and so on.
+
+lmms-eval's copy holds no train split: ``python -m forgetbench.suite.iconqa --release iconqa_data --split train
+--out iconqa/train.parquet`` converts the official release (https://iconqa.github.io) to these columns.
 """
 
 from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
 
 from forgetbench.suite import scoring
 from forgetbench.suite.common import SHORT_ANSWER, conversation, first, rgb
@@ -95,3 +102,58 @@ def process_results(doc: dict, results: list) -> dict:
 accuracy_choose_txt = scoring.type_mean("choose_txt")
 accuracy_choose_img = scoring.type_mean("choose_img")
 accuracy_fill_in_blank = scoring.type_mean("fill_in_blank")
+
+
+# -- converting the official release (for the train split, which lmms-eval's copy does not hold) --------------------
+
+
+def convert_release(release: Path, split: str, out: Path) -> Path:
+    """The official IconQA release (``problems.json``, ``pid_splits.json``,
+    ``iconqa/{split}/{ques_type}/{pid}/image.png`` and ``choice_{i}.png``) as one parquet file with the columns
+    above (``answer``: the option's text for choose_txt, its index for choose_img, the text for fill_in_blank)."""
+    import datasets
+
+    release = Path(release)
+    try:
+        problems = json.loads((release / "problems.json").read_text())
+        pid_splits = json.loads((release / "pid_splits.json").read_text())
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"{release}: not an IconQA release ({error})") from error
+    features = datasets.Features({"question_id": datasets.Value("string"), "question": datasets.Value("string"),
+                                  "ques_type": datasets.Value("string"), "choices": datasets.Value("string"),
+                                  "answer": datasets.Value("string"), "query_image": datasets.Image()}
+                                 | {f"choice_image_{i}": datasets.Image() for i in range(MAX_CHOICE_IMAGES)})
+    rows = []
+    for kind in SUB_TASKS:
+        for pid in pid_splits.get(f"{kind}_{split}", []):
+            problem, folder = problems[pid], release / "iconqa" / split / kind / pid
+            choices = [str(c) for c in problem.get("choices") or []]
+            answer = problem["answer"]
+            if kind == "choose_txt":
+                answer = choices[int(answer)]
+            images = sorted(folder.glob("choice_*.png"), key=lambda p: int(p.stem.split("_")[1]))
+            rows.append({"question_id": str(pid), "question": problem["question"], "ques_type": kind,
+                         "choices": ",".join(choices), "answer": str(answer), "query_image": str(folder / "image.png")}
+                        | {f"choice_image_{i}": str(images[i]) if i < len(images) else None
+                           for i in range(MAX_CHOICE_IMAGES)})
+    if not rows:
+        raise ValueError(f"{release}: pid_splits.json lists no {split} problem")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Image columns given paths embed the files' bytes in the parquet file.
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(out))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m forgetbench.suite.iconqa",
+                                     description="Convert the official IconQA release to parquet.")
+    parser.add_argument("--release", type=Path, required=True, help="the unzipped iconqa_data folder")
+    parser.add_argument("--split", default="train", choices=["train", "val", "test"])
+    parser.add_argument("--out", type=Path, required=True, help="the parquet file to write")
+    args = parser.parse_args(argv)
+    print(convert_release(args.release, args.split, args.out))
+
+
+if __name__ == "__main__":
+    main()
