@@ -264,6 +264,30 @@ def _save_rank_state(model, out_dir: Path) -> None:
     torch.save(state, out_dir / f"rank{rank}.pt")
 
 
+def _sharded(trainer) -> bool:
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return bool(trainer.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3))
+
+
+def _gather(trainer, out_dir: Path, model_path: str, dtype):
+    """FSDP / ZeRO-3: each rank holds a shard, so the full weights (or the adapter) are gathered to rank 0 by the
+    Trainer's own save (a collective call: every rank enters it), then loaded back on rank 0 for the merge.
+    Written for GPU clusters and not exercised by the CPU tests."""
+    from transformers import AutoModelForImageTextToText
+
+    gathered = out_dir.parent / f".{out_dir.name}.gathered"
+    trainer.save_model(str(gathered))
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.accelerator.is_main_process:
+        return None
+    if (gathered / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype or "auto")
+        return PeftModel.from_pretrained(base, str(gathered))
+    return AutoModelForImageTextToText.from_pretrained(str(gathered), dtype=dtype or "auto")
+
+
 def run_recipe(script_args, training_args, model_args, forgetbench_args: ForgetbenchArguments) -> Path:
     """Fine-tune ``model_args.model_name_or_path`` with one method on one dataset; returns the checkpoint folder."""
     from transformers import AutoProcessor, set_seed
@@ -317,6 +341,10 @@ def run_recipe(script_args, training_args, model_args, forgetbench_args: Forgetb
     if os.environ.get("FORGETBENCH_SAVE_RANK_STATE"):
         _save_rank_state(trainer.model, out_dir)
 
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if _sharded(trainer):
+        model = _gather(trainer, out_dir, model_path, dtype)
+
     if trainer.accelerator.is_main_process:
         manifest = {
             "base_model": model_args.model_name_or_path,
@@ -350,8 +378,9 @@ def run_recipe(script_args, training_args, model_args, forgetbench_args: Forgetb
         }
         if method.quantize_4bit:
             manifest["merge_dtype"] = None if dtype in (None, "auto") else str(dtype).removeprefix("torch.")
-        save_checkpoint(trainer.accelerator.unwrap_model(trainer.model), processor, out_dir, manifest,
+        save_checkpoint(model, processor, out_dir, manifest,
                         merge_from_base=model_path if method.quantize_4bit else None)
+        shutil.rmtree(out_dir.parent / f".{out_dir.name}.gathered", ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return out_dir
 

@@ -39,3 +39,14 @@ def test_two_processes_match_each_other_and_one_process_at_the_same_global_batch
     assert max(float((rank0[k] - single[k]).abs().max()) for k in rank0) < 1e-5
     manifest = json.loads((tmp_path / "ddp" / "forgetbench_manifest.json").read_text())
     assert manifest["steps"] == 4 and manifest["method"] == "lora"
+
+
+def test_every_accelerate_config_loads_and_is_headed_by_a_launch_command():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    configs = sorted((REPO / "recipes" / "accelerate").glob("*.yaml"))
+    assert {c.stem for c in configs} >= {"single_gpu", "multi_gpu", "fsdp", "zero2", "zero3", "multi_node"}
+    for config in configs:
+        loaded = load_config_from_file(str(config))
+        assert loaded.num_processes >= 1, config
+        assert f"accelerate launch --config_file recipes/accelerate/{config.name} " in config.read_text(), config

@@ -29,7 +29,7 @@ def _finish(process: subprocess.Popen) -> tuple[int, str]:
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
-    steps = ["--max_steps", "40", "--save_steps", "5", "--logging_steps", "5"]
+    steps = ["--max_steps", "20", "--save_steps", "5", "--logging_steps", "5"]
     straight = _recipe(tmp_path / "straight", *steps)
     killed = _recipe(tmp_path / "killed", *steps)
     first = tmp_path / "killed" / "checkpoint-5" / "trainer_state.json"  # written last: the checkpoint is whole
