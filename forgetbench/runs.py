@@ -92,8 +92,10 @@ def load_manifest(run: dict, label: str) -> dict | None:
     if file is None or not file.is_file():
         return None
     manifest = _read_json(file, f"{label}: manifest")
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("base_model"), str):
-        raise CompareError(f"{label}: manifest {file} has no 'base_model' string")
+    # base_model is null for a model trained from scratch (the lab base model's own manifest).
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("base_model", ""), (str, type(None))):
+        raise CompareError(f"{label}: manifest {file} has no 'base_model' string or null")
+    manifest["_folder"] = str(file.parent)
     params = manifest.get("trainable_parameters")
     if params is not None and (isinstance(params, bool) or not isinstance(params, int)):
         raise CompareError(f"{label}: manifest {file}: 'trainable_parameters' is not an integer")
@@ -116,10 +118,19 @@ def manifest_mismatch(pre: dict, manifest: dict | None, label: str) -> str | Non
     if manifest is None:
         return None
     model = pretrained(pre)
-    names = [manifest["base_model"], manifest.get("base_model_path")]
+    names = [manifest.get("base_model"), manifest.get("base_model_path")]
     if model is not None and any(isinstance(n, str) and _same_model(n, model) for n in names):
         return None
+    if model is not None and _same_model(pretrained_path_of(manifest), model):
+        return None  # post evaluated the very model pre evaluated
+    if manifest.get("base_model") is None:
+        return f"{label}: checkpoint was trained from scratch, not tuned from --pre's '{model}'"
     return f"{label}: checkpoint was tuned from '{manifest['base_model']}' but --pre evaluated '{model}'"
+
+
+def pretrained_path_of(manifest: dict) -> str:
+    """The folder the manifest was read from (set by :func:`load_manifest`)."""
+    return manifest.get("_folder", "")
 
 
 def run_mismatches(pre: dict, post: dict, tasks: list[str], pre_label: str, post_label: str) -> list[str]:

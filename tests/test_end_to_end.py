@@ -106,3 +106,18 @@ def test_full_lab_study_learns_digits(tmp_path):
     report = json.loads((out / "compare.json").read_text())
     assert report["E"] > 40
     assert report["tasks"]["forgetbench_lab_digits"]["post"] > 60
+
+
+def test_compare_pairs_runs_through_the_manifests(small_study):
+    """The base model's manifest says 'trained from scratch': fine against itself, refused as a fine-tune of the
+    checkpoint that was tuned from it."""
+    from forgetbench.compare import main
+
+    pre, post = small_study / "eval" / "pre", small_study / "eval" / "post"
+    roles = ["--downstream", "forgetbench_lab_digits", "--upstream", "forgetbench_lab_color", "--resamples", "50"]
+    assert main(["--pre", str(pre), "--post", str(pre), *roles]) == 0
+    completed = subprocess.run([str(BIN / "forgetbench"), "compare", "--pre", str(post), "--post", str(pre), *roles],
+                               capture_output=True, text=True, check=False)
+    assert completed.returncode == 2
+    assert "checkpoint was trained from scratch" in completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1
