@@ -157,6 +157,8 @@ def gpu_method(arch: str, method_name: str, batch_size: int, steps: int, checkpo
     return {"method": method_name, "arch": arch, "batch_size": batch_size, "tokens": batch["input_ids"].shape[1],
             "trainable": sum(p.numel() for p in trainable), "total": sum(p.numel() for p in model.parameters()),
             "s_per_step": statistics.mean(times), "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30,
+            # After a step, gradients freed: weights + optimizer state, without activations.
+            "state_gb": torch.cuda.memory_allocated() / 2**30,
             "gradient_checkpointing": checkpointing, "loss": float(loss),
             "linear4bit_layers": sum(type(m).__name__ == "Linear4bit" for m in model.modules())}
 
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             row["mem_vs_full"] = row["peak_mem_gb"] / full["peak_mem_gb"] if full else ""
         print(table(rows, ["method", "trainable", "total", "tokens", "batch_size", "s_per_step", "peak_mem_gb",
-                           "mem_vs_full", "linear4bit_layers"]))
+                           "mem_vs_full", "state_gb", "linear4bit_layers"]))
     else:
         steps = args.steps or 20
         rows = []
