@@ -41,16 +41,27 @@ class ForgetbenchArguments:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "use only the first N training rows (after a seeded shuffle)"}
     )
+    data_files: str | None = field(
+        default=None,
+        metadata={"help": "a local parquet copy of a suite task's split, read instead of the hub (air-gapped)"},
+    )
 
 
-def load_sft_dataset(name: str, split: str = "train", config: str | None = None):
+def load_sft_dataset(name: str, split: str = "train", config: str | None = None, data_files: str | None = None):
     """Training rows in TRL's vision-language format (``images`` + ``messages``).
 
-    ``name`` is a forgetbench task (its train split, asked with the very prompt its evaluation uses), a folder
-    written by ``datasets.save_to_disk``, or a hub dataset id already in that format.
+    ``name`` is a forgetbench task (its train split, asked with the very prompt its evaluation uses: a lab task
+    or any task of :data:`forgetbench.suite.TASKS`), a folder written by ``datasets.save_to_disk``, or a hub
+    dataset id already in that format. ``data_files`` points a suite task at a local copy of its split.
     """
     import datasets
 
+    from forgetbench import suite
+
+    if name in suite.TASKS:
+        return suite.train_conversations(name, split, data_files=data_files)
+    if data_files is not None:
+        raise ValueError(f"--data_files is for forgetbench suite tasks; {name!r} is not one")
     if name.startswith(LAB_TASK_PREFIX):
         from forgetbench.lab import data
         from forgetbench.lab.tasks import to_sft_example
@@ -317,7 +328,8 @@ def run_recipe(script_args, training_args, model_args, forgetbench_args: Forgetb
         raise RecipeError(str(exc)) from None
 
     try:
-        train = load_sft_dataset(script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config)
+        train = load_sft_dataset(script_args.dataset_name, script_args.dataset_train_split,
+                                 script_args.dataset_config, forgetbench_args.data_files)
     except Exception as exc:  # datasets raises many kinds; the user needs to know which input was wrong
         raise RecipeError(f"--dataset_name {script_args.dataset_name}: cannot load "
                           f"(split {script_args.dataset_train_split}): {type(exc).__name__}: {exc}") from None

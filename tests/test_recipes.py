@@ -82,3 +82,22 @@ def test_recipe_writes_a_merged_checkpoint_and_manifest(lab_model, tmp_path):
     assert len(manifest["trainable_parameter_names"]) == 4 * 7 * 2 and manifest["merged"] is True
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert not list(tmp_path.glob(".*saving"))
+
+
+def test_suite_task_trains_from_a_local_copy_with_its_evaluation_prompt(tmp_path):
+    """A suite task name plus --data_files: the rows TRL trains on carry the very question lmms-eval asks."""
+    from forgetbench import suite
+    from forgetbench.suite import fixtures
+    from forgetbench.training import load_sft_dataset
+
+    files = fixtures.pathvqa(tmp_path, "train")
+    rows = load_sft_dataset("forgetbench_pathvqa", "train", data_files=str(files))
+    docs = suite.load_split("forgetbench_pathvqa", "train", data_files=str(files))
+    assert len(rows) == len(docs) == 8
+    user, assistant = rows[0]["messages"]
+    assert [part["type"] for part in user["content"]] == ["image", "text"]
+    asked_in_evaluation = suite.task_config("forgetbench_pathvqa")["doc_to_text"](docs[0])
+    assert user["content"][1]["text"] == asked_in_evaluation
+    assert assistant["content"][0]["text"] == docs[0]["answer"]
+    with pytest.raises(ValueError, match="is not one"):
+        load_sft_dataset("forgetbench_lab_digits", data_files=str(files))
