@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from forgetbench import stats
+from forgetbench.compare import stats
 
 TASKS, DOCS, RESAMPLES = 11, 50_000, 10_000
 

@@ -37,7 +37,7 @@ def onevision_folder(out: Path, dtype: str) -> Path:
     )
 
     from forgetbench.lab.model import CHAT_TEMPLATE, build_tokenizer
-    from forgetbench.testing import ONEVISION_0_5B_TEXT, ONEVISION_0_5B_VISION
+    from forgetbench.lab.tiny import ONEVISION_0_5B_TEXT, ONEVISION_0_5B_VISION
 
     tokenizer = build_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<video>"]})
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     from lmms_eval.tasks import TaskManager, get_task_dict
 
     import forgetbench
+    from forgetbench.evaluate.model import ImageTextModel
     from forgetbench.lab.model import base_model_path
-    from forgetbench.lmms_model import ImageTextModel
 
     manager = TaskManager(include_path=str(forgetbench.tasks_path()), include_defaults=False)
     task = get_task_dict([args.task], manager)[args.task]

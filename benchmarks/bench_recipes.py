@@ -9,7 +9,7 @@ SFT script (same model, data, LoRA config and steps), measured in one process, a
     python benchmarks/bench_recipes.py                      # all methods, 20 steps each, and the overhead ratio
     python benchmarks/bench_recipes.py --methods lora,full --steps 40
 
-GPU, random-init real-size models (no hub access: configs are dicts in forgetbench/testing.py): step time and
+GPU, random-init real-size models (no hub access: configs are dicts in forgetbench/lab/tiny.py): step time and
 peak ``torch.cuda.max_memory_allocated`` of one forward + backward + AdamW step on a synthetic batch (goal: QLoRA
 <= 40 % of full tuning's memory):
 
@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _lab_args(method: str, steps: int, out: Path, extra: list[str] = ()):
     from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
-    from forgetbench.training import ForgetbenchArguments
+    from forgetbench.train.recipe import ForgetbenchArguments
 
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, ForgetbenchArguments))
     args = parser.parse_args_and_config(args=[
@@ -51,7 +51,7 @@ def _lab_args(method: str, steps: int, out: Path, extra: list[str] = ()):
 
 def one_lab_method(method: str, steps: int) -> dict:
     """Runs in a fresh process so that its peak resident memory is its own."""
-    from forgetbench.training import run_recipe
+    from forgetbench.train.recipe import run_recipe
 
     with tempfile.TemporaryDirectory() as tmp:
         out = run_recipe(*_lab_args(method, steps, Path(tmp) / "out"))
@@ -69,7 +69,7 @@ def plain_trl_lora(steps: int, out: Path) -> float:
     from trl import SFTTrainer
 
     from forgetbench.lab.model import base_model_path
-    from forgetbench.training import load_sft_dataset
+    from forgetbench.train.data import load_sft_dataset
 
     script_args, training_args, model_args, _ = _lab_args("lora", steps, out)
     start = time.perf_counter()
@@ -87,7 +87,7 @@ def plain_trl_lora(steps: int, out: Path) -> float:
 
 
 def recipe_lora(steps: int, out: Path) -> float:
-    from forgetbench.training import run_recipe
+    from forgetbench.train.recipe import run_recipe
 
     start = time.perf_counter()
     run_recipe(*_lab_args("lora", steps, out))
@@ -115,15 +115,15 @@ def gpu_method(arch: str, method_name: str, batch_size: int, steps: int, checkpo
     import torch
     from peft import get_peft_model
 
-    from forgetbench import testing
-    from forgetbench.methods import get_method, prepare
-    from forgetbench.training import load_model
+    from forgetbench.lab import tiny
+    from forgetbench.train.methods import get_method, prepare
+    from forgetbench.train.recipe import load_model
 
     method = get_method(method_name)
     gc.collect()  # the previous method's model (PEFT holds reference cycles)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    model = testing.build(arch).to(torch.bfloat16)
+    model = tiny.build(arch).to(torch.bfloat16)
     if method.quantize_4bit:  # through the recipe's own loader, from a saved copy of the same random init
         tmp = tempfile.mkdtemp()
         model.save_pretrained(tmp)
@@ -144,7 +144,7 @@ def gpu_method(arch: str, method_name: str, batch_size: int, steps: int, checkpo
         model.enable_input_require_grads()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    batch = {k: v.to("cuda") for k, v in testing.batch(model, batch_size=batch_size).items()}
+    batch = {k: v.to("cuda") for k, v in tiny.batch(model, batch_size=batch_size).items()}
     batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
     times = []
     for step in range(steps + 2):
@@ -177,11 +177,11 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from forgetbench.methods import METHODS
+    from forgetbench.train.methods import METHODS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--arch", default="lab", help="cpu: lab; cuda: a forgetbench.testing builder name")
+    parser.add_argument("--arch", default="lab", help="cpu: lab; cuda: a forgetbench.lab.tiny builder name")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--steps", type=int, default=None, help="steps per method (cpu 20, cuda 10)")
     parser.add_argument("--batch-size", type=int, default=4, help="cuda only (cpu: the lab config's 32)")

@@ -9,7 +9,9 @@ from forgetbench import __version__, recipes_path, tasks_path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from forgetbench import compare, stages, study
+    from forgetbench import study
+    from forgetbench.compare import cli as compare_cli
+    from forgetbench.compare import stages
 
     parser = argparse.ArgumentParser(prog="forgetbench", description=__doc__)
     parser.add_argument("--version", action="version", version=f"forgetbench {__version__}")
@@ -23,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     ).set_defaults(func=lambda args: print(recipes_path()) or 0)
 
     compare_parser = commands.add_parser("compare", help="E, F and O from a pre- and a post-tuning lmms-eval run")
-    compare.configure_parser(compare_parser)
-    compare_parser.set_defaults(func=compare.run)
+    compare_cli.configure_parser(compare_parser)
+    compare_parser.set_defaults(func=compare_cli.run)
 
     stages_parser = commands.add_parser(
         "stages", help="accuracy matrix, BWT, MFN, MAA and forgetting over successive fine-tunes"

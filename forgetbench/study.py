@@ -13,7 +13,6 @@ Every artefact stays in one folder::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -22,9 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from forgetbench import compare, recipes_path
-from forgetbench.lab.tasks import LAB_TASKS
-from forgetbench.training import LAB_MODEL_ALIAS, resolve_model
+from forgetbench import compare, evaluate, recipes_path, suite, train
+from forgetbench.checkpoint import LAB_MODEL_ALIAS, read_manifest, resolve_model
 
 
 class StudyError(Exception):
@@ -32,7 +30,7 @@ class StudyError(Exception):
 
 
 def _lab_tasks(role: str) -> str:
-    return ",".join(task.lmms_eval_name for task in LAB_TASKS.values() if task.role == role)
+    return ",".join(suite.tasks_in_role(role, suite.lab.PREFIX))
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -65,38 +63,30 @@ def _run_step(name: str, command: list[str], logs: Path, env: dict) -> float:
 
 
 def _evaluate(name: str, model_dir: str, tasks: str, out: Path, args, logs: Path, env: dict) -> float:
-    command = [
-        sys.executable, "-m", "lmms_eval", "--model", "llava_hf",
-        "--model_args", f"pretrained={model_dir},device={args.device},device_map={args.device}",
-        "--tasks", tasks, "--batch_size", "1", "--log_samples", "--output_path", str(out),
-    ]
-    if args.limit is not None:
-        command += ["--limit", str(args.limit)]
+    command = evaluate.lmms_eval_command(model_dir, tasks, out, device=args.device, limit=args.limit)
     elapsed = _run_step(name, command, logs, env)
-    # lmms-eval exits 0 even when evaluation failed: the results file is the only proof it ran.
     try:
-        compare.find_results_file(out, f"{name} output {out}")
-    except compare.CompareError as exc:
+        evaluate.results_file(out)
+    except evaluate.EvaluationError as exc:
         raise StudyError(f"step {name} wrote no results ({exc}); see {logs / (name + '.log')}") from None
     return elapsed
 
 
-def _validated(args) -> tuple[Path, Path]:
-    recipe = recipes_path() / f"{args.recipe}.py"
-    if not recipe.is_file():
-        raise StudyError(f"--recipe {args.recipe}: no such recipe ({recipe})")
+def _validated(args) -> Path:
     config = args.config or recipes_path() / "configs" / "lab" / f"{args.recipe}.yaml"
+    if not (recipes_path() / f"{args.recipe}.py").is_file():
+        raise StudyError(f"--recipe {args.recipe}: no such recipe ({recipes_path() / f'{args.recipe}.py'})")
     if not Path(config).is_file():
         raise StudyError(f"--config {config}: no such file")
     if args.model != LAB_MODEL_ALIAS and not Path(args.model).exists() and "/" not in args.model:
         raise StudyError(f"--model {args.model}: not a folder, a hub id or {LAB_MODEL_ALIAS}")
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise StudyError(f"--out {args.out}: exists and is not empty; pass --overwrite to replace it")
-    return recipe, Path(config)
+    return Path(config)
 
 
 def study(args) -> dict:
-    recipe, config = _validated(args)
+    config = _validated(args)
     if args.out.exists():
         shutil.rmtree(args.out)
     out = args.out.resolve()
@@ -106,46 +96,38 @@ def study(args) -> dict:
     if args.model == LAB_MODEL_ALIAS:  # the lab needs nothing from the hub: never wait on it
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("HF_DATASETS_OFFLINE", "1")
-    base = resolve_model(args.model)
     tasks = f"{args.downstream},{args.upstream}"
     model_dir = out / "model"
 
-    seconds = {"eval_pre": _evaluate("eval_pre", base, tasks, out / "eval" / "pre", args, logs, env)}
-    seconds["train"] = _run_step(
-        "train",
-        [
-            sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", str(recipe), "--config", str(config),
-            "--model_name_or_path", args.model, "--output_dir", str(model_dir), *shlex.split(args.recipe_args),
-        ],
-        logs,
-        env,
-    )
+    seconds = {"eval_pre": _evaluate("eval_pre", resolve_model(args.model), tasks, out / "eval" / "pre", args, logs,
+                                     env)}
+    overrides = ["--model_name_or_path", args.model, "--output_dir", str(model_dir), *shlex.split(args.recipe_args)]
+    seconds["train"] = _run_step("train", train.launch_command(args.recipe, config, overrides), logs, env)
     seconds["eval_post"] = _evaluate("eval_post", str(model_dir), tasks, out / "eval" / "post", args, logs, env)
 
-    compare_args = [
-        "--pre", str(out / "eval" / "pre"), "--post", str(out / "eval" / "post"),
-        "--downstream", args.downstream, "--upstream", args.upstream, "--json", str(out / "compare.json"),
-    ]
-    if compare.main(compare_args) != 0:
-        raise StudyError("compare refused the two runs (its message is above)")
-    report = json.loads((out / "compare.json").read_text())
-    manifest = json.loads((model_dir / "forgetbench_manifest.json").read_text())
+    try:
+        comparison = compare.compare_runs(out / "eval" / "pre", [("post", out / "eval" / "post")],
+                                          args.downstream.split(","), args.upstream.split(","))
+        comparison.write(json_path=out / "compare.json")
+    except compare.CompareError as exc:
+        raise StudyError(f"compare refused the two runs: {exc}") from None
+    manifest = read_manifest(model_dir)
     summary = [
         f"forgetbench study: {args.model} + {manifest['method']} "
         f"({manifest['trainable_parameters']:,} trainable parameters, {manifest['steps']} steps)",
-        compare.format_table(report),
+        comparison.table(),
         "seconds: " + ", ".join(f"{step} {value:.0f}" for step, value in seconds.items()),
     ]
     (out / "summary.txt").write_text("\n".join(summary) + "\n")
+    print(comparison.table())
     print(f"artefacts in {out}")
-    return report
+    return comparison.report
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         study(args)
-    except StudyError as exc:
+    except (StudyError, train.RecipeError) as exc:
         print(f"forgetbench study: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -2,10 +2,10 @@
 
     accelerate launch recipes/last_layer.py --config recipes/configs/lab/last_layer.yaml
 
-What a method trains is in forgetbench/methods.py; options, outputs and configs: docs/recipes.md.
+What a method trains is in forgetbench/train/methods.py; options, outputs and configs: docs/recipes.md.
 """
 
-from forgetbench.training import recipe_main
+from forgetbench.train import recipe_main
 
 if __name__ == "__main__":
     recipe_main("last_layer")

@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import forgetbench.compare as compare
-import forgetbench.runs as runs_module
-from forgetbench import outputs, plots, stages, stats
-from forgetbench.compare import main
+from forgetbench import outputs
+from forgetbench.compare import main, pairing, plots, scores, stages, stats
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_NAME = "2026-01-02T03-04-05.123456_results.json"
@@ -106,7 +104,7 @@ def invoke(tmp_path, pre: dict, post: dict, *extra: str, down=DOWN, up=UP):
     return main(argv), out
 
 
-@pytest.mark.parametrize("module", [compare, runs_module, stats, outputs, stages, plots])
+@pytest.mark.parametrize("module", [scores, pairing, stats, outputs, stages, plots])
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.failed == 0 and result.attempted > 0

@@ -13,9 +13,10 @@ import pytest
 from test_compare import DOWN, POST, PRE, RESULTS_NAME, UP, lmms_results, sample_lines, write_output, write_samples
 
 from forgetbench import outputs
-from forgetbench.compare import format_table, main
-from forgetbench.lab.model import base_model_path
-from forgetbench.runs import MANIFEST_NAME
+from forgetbench.checkpoint import MANIFEST_NAME
+from forgetbench.checkpoint import lab_base_model_path as base_model_path
+from forgetbench.compare import main
+from forgetbench.compare.render import format_table
 
 SUB = "Qwen__Qwen2-VL-2B-Instruct"
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from test_compare import lmms_results, write_output
 
-from forgetbench.stages import main
+from forgetbench.compare.stages import main
 
 # The worked example of docs/metrics.md: rows = after stage i, columns = tasks A, B, C (fractions).
 MATRIX = [[0.80, 0.10, 0.20], [0.85, 0.70, 0.25], [0.50, 0.65, 0.90]]

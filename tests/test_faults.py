@@ -12,14 +12,14 @@ import time
 import torch
 from conftest import REPO
 
-RECIPE = str(REPO / "recipes" / "lora.py")
+HOOKED = [str(REPO / "tests" / "helpers" / "hooked_recipe.py"), "lora", "--save-rank-state"]
 ARGS = ["--config", str(REPO / "recipes" / "configs" / "lab" / "lora.yaml"), "--lora_r", "4", "--warmup_steps", "0",
         "--per_device_train_batch_size", "4", "--max_train_samples", "64", "--save_strategy", "steps"]
-ENV = {**os.environ, "FORGETBENCH_SAVE_RANK_STATE": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 def _recipe(out, *extra: str, env: dict = ENV) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, RECIPE, *ARGS, "--output_dir", str(out), *extra], env=env,
+    return subprocess.Popen([sys.executable, *HOOKED, *ARGS, "--output_dir", str(out), *extra], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -52,7 +52,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
 def test_nan_loss_stops_within_one_logging_step_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
     code, err = _finish(_recipe(out, "--max_steps", "30", "--save_steps", "5", "--logging_steps", "5",
-                                env={**ENV, "FORGETBENCH_FAULT_NAN_AT_STEP": "7"}))
+                                "--nan-at-step", "7"))
     assert code == 2
     message = err.strip().splitlines()[-1]
     # Poisoned before step 7; step 10 both logs (loss) and would save: caught there, nothing written.
@@ -70,7 +70,7 @@ def test_nan_loss_stops_within_one_logging_step_and_keeps_the_last_good_checkpoi
 def test_bad_input_is_one_line_naming_it(tmp_path, capsys):
     import pytest
 
-    from forgetbench.training import recipe_main
+    from forgetbench.train import recipe_main
 
     cases = {("--dataset_name", "forgetbench_lab_nosuch"): "--dataset_name forgetbench_lab_nosuch: cannot load",
              ("--resume_from_checkpoint", "last"): "--resume_from_checkpoint last: no complete checkpoint in",

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
-
 import pytest
 
 from forgetbench.lab import data
-from forgetbench.lab.tasks import LAB_TASKS, doc_to_text, to_sft_example
+from forgetbench.suite.lab import LAB_TASKS, doc_to_text, to_sft_example
 
 
 @pytest.mark.parametrize("task", list(LAB_TASKS))
@@ -71,11 +68,3 @@ def test_lab_model_is_a_stock_llava_under_10_mb(lab_model):
     assert type(model).__name__ == "LlavaForConditionalGeneration"
     assert (lab_model / "model.safetensors").stat().st_size < 10 * 2**20
     assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 2e6
-
-
-@pytest.mark.parametrize(
-    "module", ["forgetbench.lab.tasks", "forgetbench.compare", "forgetbench.architectures"]
-)
-def test_doctests(module):
-    result = doctest.testmod(importlib.import_module(module))
-    assert result.failed == 0

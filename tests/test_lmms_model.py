@@ -49,7 +49,7 @@ def test_loglikelihood_ranks_agree_with_a_direct_forward_pass(lab_model):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from forgetbench.lab import data
-    from forgetbench.lab.tasks import LAB_TASKS, doc_to_text
+    from forgetbench.suite.lab import LAB_TASKS, doc_to_text
 
     result = evaluate("forgetbench", f"pretrained={lab_model}",
                       ["forgetbench_lab_color_closed", "forgetbench_lab_digits_closed"], 4, 6)
@@ -87,7 +87,7 @@ def test_adapter_folder_answers_equal_the_merged_checkpoint(lab_model, small_stu
 
 
 def test_unknown_model_args_are_refused(lab_model):
-    from forgetbench.lmms_model import ImageTextModel
+    from forgetbench.evaluate.model import ImageTextModel
 
     with pytest.raises(ValueError, match="unknown model_args: colour"):
         ImageTextModel(pretrained=str(lab_model), colour="red")

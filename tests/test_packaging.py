@@ -52,7 +52,7 @@ def test_wheel_ships_tasks_data_recipes_model_and_entry_point(tmp_path):
         assert expected in names, expected
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "[lmms_eval.models]" in text and "forgetbench.lmms_plugin:lmms_eval_entry_point" in text
+    assert "[lmms_eval.models]" in text and "forgetbench.evaluate.plugin:lmms_eval_entry_point" in text
 
 
 LAB_NAMES = {

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from forgetbench.architectures import LLAVA
+from forgetbench.train.architectures import LLAVA
 
 CONFIGS = sorted((REPO / "recipes" / "configs").rglob("*.yaml"))
 
@@ -18,7 +18,7 @@ CONFIGS = sorted((REPO / "recipes" / "configs").rglob("*.yaml"))
 def parse_recipe_args(config: Path, *overrides: str):
     from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
-    from forgetbench.training import ForgetbenchArguments
+    from forgetbench.train.recipe import ForgetbenchArguments
 
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, ForgetbenchArguments))
     return parser.parse_args_and_config(args=["--config", str(config), *overrides])
@@ -41,12 +41,12 @@ def test_every_config_parses_and_is_headed_by_its_launch_command(config):
 
 
 def test_every_method_has_a_thin_recipe_and_a_lab_config():
-    from forgetbench.methods import METHODS
+    from forgetbench.train.methods import METHODS
 
     for method in METHODS:
         recipe = REPO / "recipes" / f"{method}.py"
         code = [line for line in recipe.read_text().split('"""')[2].splitlines() if line.strip()]
-        assert code == ["from forgetbench.training import recipe_main", 'if __name__ == "__main__":',
+        assert code == ["from forgetbench.train import recipe_main", 'if __name__ == "__main__":',
                         f'    recipe_main("{method}")'], recipe
         assert (REPO / "recipes" / "configs" / "lab" / f"{method}.yaml").is_file()
     assert {p.stem for p in (REPO / "recipes").glob("*.py")} - {"__init__"} == set(METHODS)
@@ -55,7 +55,7 @@ def test_every_method_has_a_thin_recipe_and_a_lab_config():
 def test_recipe_writes_a_merged_checkpoint_and_manifest(lab_model, tmp_path):
     from transformers import AutoModelForImageTextToText
 
-    from forgetbench.training import ForgetbenchArguments, run_recipe
+    from forgetbench.train.recipe import ForgetbenchArguments, run_recipe
 
     script_args, training_args, model_args, fb_args = parse_recipe_args(
         REPO / "recipes" / "configs" / "lab" / "lora.yaml",
@@ -88,7 +88,7 @@ def test_suite_task_trains_from_a_local_copy_with_its_evaluation_prompt(tmp_path
     """A suite task name plus --data_files: the rows TRL trains on carry the very question lmms-eval asks."""
     from forgetbench import suite
     from forgetbench.suite import fixtures
-    from forgetbench.training import load_sft_dataset
+    from forgetbench.train.recipe import load_sft_dataset
 
     files = fixtures.pathvqa(tmp_path, "train")
     rows = load_sft_dataset("forgetbench_pathvqa", "train", data_files=str(files))
@@ -101,3 +101,38 @@ def test_suite_task_trains_from_a_local_copy_with_its_evaluation_prompt(tmp_path
     assert assistant["content"][0]["text"] == docs[0]["answer"]
     with pytest.raises(ValueError, match="is not one"):
         load_sft_dataset("forgetbench_lab_digits", data_files=str(files))
+
+
+def test_qlora_trains_the_lab_and_merges_into_the_full_precision_base(lab_model, tmp_path):
+    """The lab's every LLM linear is a whole number of bitsandbytes blocks wide, so QLoRA trains it on any CPU."""
+    from forgetbench.train.recipe import run_recipe
+
+    args = parse_recipe_args(REPO / "recipes" / "configs" / "lab" / "qlora.yaml", "--output_dir", str(tmp_path / "q"),
+                             "--max_steps", "2", "--lora_r", "2", "--per_device_train_batch_size", "4")
+    args[3].method = "qlora"
+    out = run_recipe(*args)
+    manifest = json.loads((out / "forgetbench_manifest.json").read_text())
+    assert manifest["steps"] == 2 and manifest["quantization"].startswith("bitsandbytes 4-bit")
+    assert manifest["merge"] == "adapter merged into a full-precision reload of the base"
+
+
+def test_qlora_refuses_a_layer_narrower_than_the_quantization_block_before_training(tmp_path, capsys):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    from forgetbench.train import recipe_main
+
+    narrow = tmp_path / "narrow"
+    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    LlavaConfig(vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2),
+                text_config=text,
+                architectures=["LlavaForConditionalGeneration"]).save_pretrained(narrow)
+    with pytest.raises(SystemExit) as exit_info:
+        recipe_main("qlora", ["--config", str(REPO / "recipes" / "configs" / "lab" / "qlora.yaml"),
+                              "--model_name_or_path", str(narrow), "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == (
+        f"recipes/qlora.py: error: --model_name_or_path {narrow}: model.language_model.layers.0.self_attn.q_proj has "
+        "32 input features, not a multiple of bitsandbytes' 64-value 4-bit block, so its CPU kernels cannot run it; "
+        "fix: use recipes/lora.py (LoRA without quantization) or a GPU")
+    assert not (tmp_path / "out").exists()

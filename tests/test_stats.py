@@ -8,8 +8,8 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forgetbench import stats
-from forgetbench.stages import stage_metrics
+from forgetbench.compare import stats
+from forgetbench.compare.stages import stage_metrics
 
 
 @pytest.mark.parametrize("value, scale, points", [

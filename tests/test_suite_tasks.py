@@ -140,7 +140,7 @@ def test_training_asks_the_evaluation_prompt(suite_run, suite_fixtures, task):
 
 def test_compare_reads_the_declared_metric_and_scale(suite_run):
     """What `forgetbench compare` takes from each task's metadata.forgetbench."""
-    from forgetbench.compare import score
+    from forgetbench.compare.scores import score
 
     for task in OWN_TASKS:
         results, _ = suite_run[task]

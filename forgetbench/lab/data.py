@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from forgetbench import tasks_path
-from forgetbench.lab.tasks import COLORS, COUNTS, LAB_TASKS, SHAPES
+from forgetbench.suite.lab import COLORS, COUNTS, LAB_TASKS, SHAPES
 
 IMAGE_SIZE = 32
 SPLIT_SIZES = {"color": (2000, 200), "shape": (2000, 200), "count": (2000, 200)}  # (train, test)

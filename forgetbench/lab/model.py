@@ -7,11 +7,9 @@ unchanged. The tokenizer is a byte-level BPE trained here on the lab's own text,
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
-
+from forgetbench.checkpoint import lab_base_model_path as base_model_path  # noqa: F401  (the lab's own name for it)
 from forgetbench.lab.data import IMAGE_SIZE
-from forgetbench.lab.tasks import LAB_TASKS
+from forgetbench.suite.lab import LAB_TASKS
 
 PATCH_SIZE = 8
 VOCAB_SIZE = 1024
@@ -36,11 +34,6 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
 )
-
-
-def base_model_path() -> Path:
-    """The pre-trained lab base model shipped inside the package."""
-    return Path(str(resources.files("forgetbench.lab") / "base_model"))
 
 
 def tokenizer_corpus() -> list[str]:

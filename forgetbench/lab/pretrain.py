@@ -18,7 +18,7 @@ import numpy as np
 
 def say_rows(n: int, seed: int) -> list[dict]:
     from forgetbench.lab.data import _canvas
-    from forgetbench.lab.tasks import LAB_TASKS
+    from forgetbench.suite.lab import LAB_TASKS
 
     words = sorted({label for task in LAB_TASKS.values() for label in task.labels})
     rng = np.random.default_rng(seed)
@@ -42,9 +42,10 @@ def pretraining_dataset(seed: int):
     import datasets
 
     from forgetbench.lab import data
-    from forgetbench.lab.tasks import UPSTREAM, to_sft_example
+    from forgetbench.suite.lab import ROLES, to_sft_example
 
-    rows = [to_sft_example(doc) for task in UPSTREAM for doc in data.load(task, "train")]
+    upstream = [task for task, role in ROLES.items() if role == "upstream"]
+    rows = [to_sft_example(doc) for task in upstream for doc in data.load(task, "train")]
     rows += say_rows(len(rows) // 4, seed)
     return datasets.Dataset.from_list(rows).shuffle(seed=seed)
 
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> Path:
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
+    from forgetbench.checkpoint import library_versions, save_model
     from forgetbench.lab.model import base_model_path, build_model, build_processor, build_tokenizer
-    from forgetbench.training import library_versions, save_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=base_model_path())
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> Path:
         "steps": args.steps,
         "versions": library_versions(),
     }
-    save_checkpoint(model, processor, args.out, manifest)
+    save_model(model, processor, args.out, manifest)
     print(f"wrote {args.out}")
     return args.out
 

@@ -1,9 +1,9 @@
-"""forgetbench's benchmark task suite: the tasks the seeds use, their one prompt definition each, and their training
-rows.
+"""The task registry: every forgetbench task (the benchmark suite and the lab), its role, its one prompt definition
+and scorer, and its training rows.
 
-lmms-eval reads the prompts and scorers through the task YAMLs in ``tasks/{rsvqa,pathvqa,iconqa,emt,ocrvqa,groups}``
-(``!function forgetbench.suite.<module>.<hook>``); training reads the same prompts through
-:func:`train_conversations`. docs/tasks.md has one card per task.
+lmms-eval reads the prompts and scorers through the task YAMLs in ``tasks/`` (``!function
+forgetbench.suite.<module>.<hook>``); training reads the same prompts through :func:`train_conversations`.
+docs/tasks.md has one card per task.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from forgetbench.suite import lab
+
 
 @dataclass(frozen=True)
 class SuiteTask:
     name: str  # lmms-eval task name
-    role: str  # "downstream", "upstream" or "emt"
+    role: str  # "downstream", "upstream" or "emt": where a study puts it by default
     module: str  # forgetbench.suite module holding the prompt and ``to_sft_example``
     example: str = "to_sft_example"
     # For lmms-eval's own tasks, whose hub copies hold only the evaluated split: (hub id, the hub split that holds
@@ -39,7 +41,9 @@ _REUSED = [
     SuiteTask("flickr30k_test", "downstream", "reused", "flickr30k_example",
               ("nlphuji/flickr30k", "test", "flickr30k_rows")),
 ]
-TASKS: dict[str, SuiteTask] = {task.name: task for task in _OWN + _REUSED}
+_LAB = [SuiteTask(lab.task_name(key) + variant, role, "lab")
+        for key, role in lab.ROLES.items() for variant in ("", "_closed")]
+TASKS: dict[str, SuiteTask] = {task.name: task for task in _OWN + _REUSED + _LAB}
 
 # What the groups in tasks/groups/ list (lmms-eval's own task names where a task is reused).
 DOWNSTREAM = ("forgetbench_rsvqa_lr", "forgetbench_pathvqa", "forgetbench_iconqa", "scienceqa_img", "flickr30k_test")
@@ -55,9 +59,9 @@ def task_yaml(task_name: str) -> Path:
     """The YAML file that defines one of forgetbench's own suite tasks."""
     import forgetbench
 
-    found = sorted(p for p in forgetbench.tasks_path().rglob(f"{task_name}.yaml") if "lab" not in p.parts)
+    found = sorted(forgetbench.tasks_path().rglob(f"{task_name}.yaml"))
     if not found:
-        raise KeyError(f"{task_name}: no such forgetbench suite task YAML under {forgetbench.tasks_path()}")
+        raise KeyError(f"{task_name}: no such forgetbench task YAML under {forgetbench.tasks_path()}")
     return found[0]
 
 
@@ -85,6 +89,9 @@ def load_split(task_name: str, split: str, data_files: str | dict | None = None)
     else:
         config = task_config(task_name)
         kwargs = dict(config.get("dataset_kwargs") or {})
+        if isinstance(kwargs.get("data_files"), dict):  # relative to the YAML's folder, as lmms-eval reads them
+            folder = task_yaml(task_name).parent
+            kwargs["data_files"] = {k: str(folder / v) for k, v in kwargs["data_files"].items()}
         if kwargs.pop("load_from_disk", False):
             dataset = datasets.load_from_disk(config["dataset_path"])[split]
         else:
@@ -106,6 +113,16 @@ def train_conversations(task_name: str, split: str = "train", data_files: str | 
     dataset = load_split(task_name, split, data_files)
     example = getattr(_module(task), task.example)
     return dataset.map(example, remove_columns=dataset.column_names)
+
+
+def tasks_in_role(role: str, prefix: str = "") -> list[str]:
+    """The registered tasks of one role (free-generation variants), optionally of one family by name prefix.
+
+    >>> tasks_in_role("upstream", lab.PREFIX)
+    ['forgetbench_lab_color', 'forgetbench_lab_shape', 'forgetbench_lab_count']
+    """
+    return [t.name for t in TASKS.values() if t.role == role and t.name.startswith(prefix)
+            and not t.name.endswith("_closed")]
 
 
 def _task(task_name: str) -> SuiteTask:

@@ -17,7 +17,8 @@ import os
 from dataclasses import dataclass
 
 from forgetbench.suite import labels, scoring
-from forgetbench.suite.common import conversation, first, rgb
+from forgetbench.suite.classify import LabelSet, hooks
+from forgetbench.suite.common import conversation, first
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,17 @@ class EMTDataset:
         return labels.SYNONYMS[self.key]
 
     @property
+    def label_set(self) -> LabelSet:
+        return LabelSet(self.key, self.labels, self.noun, synonyms=self.synonyms)
+
+    @property
     def question(self) -> str:
-        return (f"What is the {self.noun} in the image? "
-                f"Please only answer a single {self.noun} in {', '.join(self.labels)}.")
+        """EMT's question (the shared classification-as-QA one).
+
+        >>> DATASETS["mnist"].question
+        'What is the digit in the image? Please only answer a single digit in 0, 1, 2, 3, 4, 5, 6, 7, 8, 9.'
+        """
+        return self.label_set.question
 
 
 DATASETS = {
@@ -85,8 +94,8 @@ process_docs_cifar100 = _processor("cifar100")
 process_docs_miniimagenet = _processor("miniimagenet")
 
 
-def prompt(doc: dict) -> str:
-    return DATASETS[doc["emt"]].question
+_hooks = hooks({key: spec.label_set for key, spec in DATASETS.items()}, "emt")
+prompt = _hooks.prompt
 
 
 def to_sft_example(doc: dict) -> dict:
@@ -122,27 +131,9 @@ def model_judge(answer: str, label_set: tuple[str, ...]) -> str:
     return (reply.choices[0].message.content or "NONE").strip()
 
 
-# lmms-eval hooks (tasks/emt/).
-
-
-def doc_to_visual(doc: dict) -> list:
-    return [rgb(doc["image"])]
-
-
-def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    return prompt(doc)
-
-
-def doc_to_target(doc: dict) -> str:
-    return doc["answer"]
-
-
-def doc_to_choice(doc: dict) -> list[str]:
-    return list(DATASETS[doc["emt"]].labels)
-
-
-def doc_to_target_index(doc: dict) -> int:
-    return DATASETS[doc["emt"]].labels.index(doc["answer"])
+# lmms-eval hooks (tasks/emt/): the shared classification-as-QA ones.
+doc_to_visual, doc_to_text, doc_to_target = _hooks.doc_to_visual, _hooks.doc_to_text, _hooks.doc_to_target
+doc_to_choice, doc_to_target_index = _hooks.doc_to_choice, _hooks.doc_to_target_index
 
 
 def process_results(doc: dict, results: list) -> dict:

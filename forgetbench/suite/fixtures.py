@@ -21,7 +21,11 @@ LOCAL_SUFFIX = "_local"
 
 
 def image(seed: int, size: int = 32):
-    """A small deterministic picture: a coloured square on a coloured background."""
+    """A small deterministic picture: a coloured square on a coloured background.
+
+    >>> image(3).size, image(3).tobytes() == image(3).tobytes(), image(3).tobytes() == image(4).tobytes()
+    ((32, 32), True, False)
+    """
     from PIL import Image, ImageDraw
 
     rng = random.Random(seed)

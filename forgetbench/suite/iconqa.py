@@ -42,7 +42,11 @@ def options(doc: dict) -> list[str]:
 
 
 def gold_index(doc: dict) -> int:
-    """The correct option: ``answer`` is the option's text, or its 0-based index (as a string)."""
+    """The correct option: ``answer`` is the option's text, or its 0-based index (as a string).
+
+    >>> gold_index({"ques_type": "choose_txt", "choices": "cat, dog", "answer": "dog"})
+    1
+    """
     opts = [c.strip() for c in str(doc["choices"]).split(",")] if doc["ques_type"] == "choose_txt" else []
     answer = str(doc["answer"]).strip()
     if answer in opts:
@@ -53,6 +57,14 @@ def gold_index(doc: dict) -> int:
 
 
 def prompt(doc: dict) -> str:
+    """The question with lettered options (or the short-answer instruction for fill-in-the-blank).
+
+    >>> print(prompt({"ques_type": "choose_txt", "question": "Which animal? ", "choices": "cat,dog"}))
+    Which animal?
+    A. cat
+    B. dog
+    Answer with the option's letter from the given choices directly.
+    """
     question = doc["question"].strip()
     if doc["ques_type"] == "fill_in_blank":
         return f"{question}\n{SHORT_ANSWER}"

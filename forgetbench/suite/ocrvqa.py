@@ -39,4 +39,9 @@ def process_docs(dataset):
 
 
 def process_results(doc: dict, results: list) -> dict:
+    """Exact match after the suite's normalisation, and the cover's id for clustered intervals.
+
+    >>> process_results({"answer": "Yes", "image_id": "b1"}, ["yes."])
+    {'exact_match': 1.0, 'image_id': 'b1'}
+    """
     return {"exact_match": float(scoring.answers_match(first(results), doc["answer"])), "image_id": doc["image_id"]}

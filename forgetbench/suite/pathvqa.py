@@ -16,7 +16,11 @@ YES_NO, OPEN = "yes_no", "open"
 
 
 def question_kind(doc: dict) -> str:
-    """Closed (yes/no) when the reference answer is yes or no, as the PathVQA paper splits them."""
+    """Closed (yes/no) when the reference answer is yes or no, as the PathVQA paper splits them.
+
+    >>> question_kind({"answer": "Yes"}), question_kind({"answer": "necrosis"})
+    ('yes_no', 'open')
+    """
     return YES_NO if scoring.normalize(doc["answer"]) in ("yes", "no") else OPEN
 
 
@@ -24,7 +28,12 @@ def question_kind(doc: dict) -> str:
 
 
 def process_results(doc: dict, results: list) -> dict:
-    """Overall accuracy; yes/no accuracy; open-ended exact match and token F1 (each over its own questions)."""
+    """Overall accuracy; yes/no accuracy; open-ended exact match and token F1 (each over its own questions).
+
+    >>> out = process_results({"answer": "lung tissue"}, ["tissue"])
+    >>> out["accuracy"], out["open_token_f1"]["value"]
+    (0.0, 0.6666666666666666)
+    """
     answer, kind = first(results), question_kind(doc)
     correct = float(scoring.answers_match(answer, doc["answer"]))
     f1 = scoring.token_f1(answer, doc["answer"]) if kind == OPEN else correct

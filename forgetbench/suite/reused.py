@@ -60,6 +60,12 @@ def scienceqa_rows(dataset, split: str):
 
 
 def flickr30k_rows(dataset, split: str):
-    """nlphuji/flickr30k keeps every image in one split; its ``split`` column holds the Karpathy split."""
+    """nlphuji/flickr30k keeps every image in one split; its ``split`` column holds the Karpathy split.
+
+    >>> import datasets
+    >>> rows = datasets.Dataset.from_dict({"split": ["train", "val", "test"], "img_id": ["a", "b", "c"]})
+    >>> list(flickr30k_rows(rows, "validation")["img_id"])
+    ['b']
+    """
     karpathy = {"validation": "val"}.get(split, split)
     return dataset.filter(lambda name: name == karpathy, input_columns="split")

@@ -39,7 +39,12 @@ SPLITS = ("train", "val", "test", "test_phili")
 def _scorer(variant: str):
     def process_results(doc: dict, results: list) -> dict:
         """Overall accuracy per question (OA), the same record under AA and each per-type metric, and the image id
-        for clustered intervals. Counts compare as numbers ("3", "three", "3." agree)."""
+        for clustered intervals. Counts compare as numbers ("3", "three", "3." agree).
+
+        >>> out = process_results_lr({"answer": "3", "type": "count", "image_id": "7"}, ["three"])
+        >>> out["accuracy"], out["accuracy_count"], out["image_id"]
+        (1.0, {'type': 'count', 'value': 1.0}, 7)
+        """
         correct = float(scoring.answers_match(first(results), doc["answer"]))
         record = scoring.typed(doc["type"], correct)
         per_type = {f"accuracy_{kind}": record for kind in QUESTION_TYPES[variant]}

@@ -47,6 +47,16 @@ def normalize(text: str) -> str:
     return " ".join(word for word in text.split() if word not in ARTICLES)
 
 
+def first_word(text: str) -> str:
+    """The first word of the normalised answer, or ``""``: a tiny model's answer is one word.
+
+    >>> first_word(" Red."), first_word("3 dots"), first_word("")
+    ('red', '3', '')
+    """
+    words = normalize(text).split()
+    return words[0] if words else ""
+
+
 def singular(word: str) -> str:
     """A word without its plural ending, by suffix rules; both sides of a comparison go through it.
 

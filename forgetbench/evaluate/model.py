@@ -45,7 +45,7 @@ class ImageTextModel(lmms):
         from accelerate import Accelerator
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from forgetbench.training import resolve_model
+        from forgetbench.checkpoint import resolve_model
 
         accelerator = Accelerator()
         if accelerator.num_processes > 1:
@@ -184,4 +184,4 @@ class ImageTextModel(lmms):
 def manifest():
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return ModelManifest(model_id=MODEL_ID, simple_class_path="forgetbench.lmms_model.ImageTextModel")
+    return ModelManifest(model_id=MODEL_ID, simple_class_path="forgetbench.evaluate.model.ImageTextModel")

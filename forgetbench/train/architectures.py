@@ -74,7 +74,12 @@ class Architecture:
         return int(match.group("layer")) if match else None
 
     def part_of(self, name: str) -> str:
-        """The part a (PEFT-unwrapped) parameter name belongs to, or ``other`` (e.g. a prompt-tuning embedding)."""
+        """The part a (PEFT-unwrapped) parameter name belongs to, or ``other`` (e.g. a prompt-tuning embedding).
+
+        >>> [QWEN2_VL.part_of(n) for n in ("model.visual.merger.mlp.0.weight", "model.visual.blocks.0.attn.qkv.weight",
+        ...                                  "model.language_model.layers.3.mlp.up_proj.weight", "lm_head.weight")]
+        ['projector', 'vision_tower', 'decoder_layers', 'lm_head']
+        """
         return next((part for part in PARTS if re.match(self.regex(part), name)), "other")
 
 
@@ -127,5 +132,9 @@ def architecture_of(model) -> Architecture:
 
 def bare_name(name: str) -> str:
     """A parameter name of ``peft_model.get_base_model()`` with PEFT's module wrappers removed, as the plain
-    model names it (so parts can be matched)."""
+    model names it (so parts can be matched).
+
+    >>> bare_name("model.multi_modal_projector.modules_to_save.default.linear_1.weight")
+    'model.multi_modal_projector.linear_1.weight'
+    """
     return re.sub(r"\.(modules_to_save\.[^.]+|original_module)\.", ".", name)

@@ -6,15 +6,14 @@ here as dicts, no hub access) back the GPU benchmark. ``lab`` is the shipped lab
 
 from __future__ import annotations
 
-_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2,
+# Every LLM linear is at least 64 wide and a multiple of 64: bitsandbytes quantizes in 64-value blocks, and its
+# AVX-512 CPU path fails on a narrower layer (QLoRA's tests run on these models).
+_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2,
              vocab_size=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-_MROPE = dict(rope_type="default", mrope_section=[2, 3, 3])  # sums to head_dim / 2 = 8
+_MROPE = dict(rope_type="default", mrope_section=[4, 6, 6])  # sums to head_dim / 2 = 16
 IMAGE_TOKEN = 100  # a token id inside every tiny vocabulary
 _VIDEO_TOKEN = 101
 _VISION_START = 102
-
-TINY_ARCHITECTURES = ("lab", "llava-1.5", "llava-onevision", "qwen2-vl", "qwen2.5-vl")
-
 
 def _llava_1_5():
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
@@ -42,7 +41,7 @@ def _onevision(text: dict = _TEXT, vision: dict | None = None, image_size: int =
 def _qwen2_vl():
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    vision = dict(depth=2, embed_dim=16, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=4, spatial_merge_size=2,
+    vision = dict(depth=2, embed_dim=16, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=4, spatial_merge_size=2,
                   temporal_patch_size=2)
     config = Qwen2VLConfig(vision_config=vision, text_config=dict(**_TEXT, rope_parameters=_MROPE),
                            image_token_id=IMAGE_TOKEN, video_token_id=_VIDEO_TOKEN, vision_start_token_id=_VISION_START)
@@ -52,7 +51,7 @@ def _qwen2_vl():
 def _qwen2_5_vl():
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    vision = dict(depth=2, hidden_size=16, intermediate_size=32, out_hidden_size=32, num_heads=2, patch_size=4,
+    vision = dict(depth=2, hidden_size=16, intermediate_size=32, out_hidden_size=64, num_heads=2, patch_size=4,
                   spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[1], window_size=16)
     config = Qwen2_5_VLConfig(vision_config=vision, text_config=dict(**_TEXT, rope_parameters=_MROPE),
                               image_token_id=IMAGE_TOKEN, video_token_id=_VIDEO_TOKEN,
@@ -63,9 +62,9 @@ def _qwen2_5_vl():
 def _lab():
     from transformers import AutoModelForImageTextToText
 
-    from forgetbench.lab.model import base_model_path
+    from forgetbench.checkpoint import lab_base_model_path
 
-    return AutoModelForImageTextToText.from_pretrained(base_model_path())
+    return AutoModelForImageTextToText.from_pretrained(lab_base_model_path())
 
 
 # LLaVA-OneVision-0.5B (llava-hf/llava-onevision-qwen2-0.5b-ov-hf): Qwen2-0.5B text + SigLIP so400m-patch14-384.

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from forgetbench.architectures import Architecture, architecture_of
+from forgetbench.train.architectures import Architecture, architecture_of
 
 FAMILIES = ("reparameterization", "selective", "additive")
 
@@ -40,6 +40,10 @@ class Method:
     peft_config: Callable[[Architecture, object, object, list[str]], object] | None = None
     quantize_4bit: bool = False  # load the base model in bitsandbytes 4-bit (QLoRA)
     mergeable: bool = True  # the adapter folds into the weights (prompt tuning's soft prompt does not)
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"method {self.name}: family {self.family!r} is not one of {', '.join(FAMILIES)}")
 
 
 def _lora(arch: Architecture, model_args, options, extra: list[str], dora: bool = False):
@@ -191,7 +195,7 @@ def quantization_config(method: Method, model_class_name: str, model_args, compu
         return None
     from transformers import BitsAndBytesConfig
 
-    from forgetbench.architectures import ARCHITECTURES
+    from forgetbench.train.architectures import ARCHITECTURES
 
     arch = ARCHITECTURES[model_class_name]
     # Full module paths: transformers matches them from the start of a module's name, up to a dot.

@@ -50,7 +50,7 @@ def add_task_folder() -> bool:
 
 def lmms_eval_entry_point() -> list:
     """The ``lmms_eval.models`` entry point: registers the task folder and the ``forgetbench`` model."""
-    from forgetbench.lmms_model import manifest
+    from forgetbench.evaluate.model import manifest
 
     add_task_folder()
     return [manifest()]

@@ -1,22 +1,41 @@
-"""Reading lmms-eval 0.7.x outputs for ``forgetbench compare``: results.json, sample logs, the checkpoint manifest,
-and the pairing checks between a pre and a post run.
+"""Reading lmms-eval 0.7.x outputs (results.json, sample logs), the checkpoint manifest, and the pairing checks
+between a pre and a post run.
 
-Every problem is a :class:`CompareError` whose text is one line naming the input and what is wrong.
+A broken input is a :class:`~forgetbench.compare.errors.CompareError` (one line naming the input and what is
+wrong). A difference between two sound runs is a :class:`Mismatch`: ``--allow-mismatch`` may tolerate it, and
+code decides on its fields, never on its message.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-MANIFEST_NAME = "forgetbench_manifest.json"  # written by forgetbench.training.save_checkpoint
+from forgetbench.checkpoint import MANIFEST_NAME, read_manifest, same_model
+from forgetbench.compare.errors import CompareError
 
 
-class CompareError(Exception):
-    """A refusal: bad input the user can fix. Printed as one line, exit 2."""
+@dataclass(frozen=True)
+class Mismatch:
+    """One difference between the pre (or first) run and another run.
+
+    ``field`` names what differs: ``tasks``, ``limit``, ``offset``, ``n-samples``, ``version``, ``sample-log``,
+    ``doc-ids``, ``asked``, ``base-model`` or ``common-samples``; ``pre`` and ``post`` are the two sides' values.
+    ``restrictable`` is False for a difference that comparing only the common samples cannot repair.
+    ``message`` is the one-line text reported (``pairing.mismatches`` of compare.json).
+    """
+
+    field: str
+    pre: object
+    post: object
+    message: str
+    restrictable: bool = True
+    task: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def find_results_file(path: Path, label: str) -> Path:
@@ -25,6 +44,7 @@ def find_results_file(path: Path, label: str) -> Path:
     ``path`` may also be the results file itself. ``label`` (e.g. ``--pre DIR``)
     prefixes error messages.
     """
+    path = Path(path)
     if path.is_file():
         return path
     if not path.is_dir():
@@ -39,14 +59,6 @@ def find_results_file(path: Path, label: str) -> Path:
     return found[0]
 
 
-def _read_json(file: Path, label: str):
-    try:
-        with open(file, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError covers bad JSON and bad UTF-8
-        raise CompareError(f"{label}: cannot read {file.name} ({exc})") from None
-
-
 def load_run(path: Path, label: str) -> dict:
     """Load an lmms-eval results.json and check the parts forgetbench relies on.
 
@@ -54,9 +66,10 @@ def load_run(path: Path, label: str) -> dict:
     """
     file = find_results_file(path, label)
     try:
-        run = _read_json(file, label)
-    except CompareError as exc:
-        raise CompareError(f"{label}: not an lmms-eval output ({str(exc).split(': ', 1)[1]})") from None
+        with open(file, encoding="utf-8") as fh:
+            run = json.load(fh)
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError covers bad JSON and bad UTF-8
+        raise CompareError(f"{label}: not an lmms-eval output (cannot read {file.name} ({exc}))") from None
     if not isinstance(run, dict) or not isinstance(run.get("results"), dict):
         raise CompareError(f"{label}: not an lmms-eval output ({file} has no 'results' object)")
     # Optional sections must at least have the right shape, so later code can index them.
@@ -86,12 +99,20 @@ def pretrained(run: dict) -> str | None:
 
 
 def load_manifest(run: dict, label: str) -> dict | None:
-    """The forgetbench manifest of the checkpoint a run evaluated, or None when it has none."""
+    """The forgetbench manifest of the checkpoint a run evaluated, or None when it has none.
+
+    The folder it was read from is kept under the key ``"_folder"``.
+    """
     model = pretrained(run)
-    file = Path(model) / MANIFEST_NAME if model else None
-    if file is None or not file.is_file():
+    if model is None:
         return None
-    manifest = _read_json(file, f"{label}: manifest")
+    file = Path(model) / MANIFEST_NAME
+    try:
+        manifest = read_manifest(model)
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError covers bad JSON and bad UTF-8
+        raise CompareError(f"{label}: manifest: cannot read {file.name} ({exc})") from None
+    if manifest is None:
+        return None
     # base_model is null for a model trained from scratch (the lab base model's own manifest).
     if not isinstance(manifest, dict) or not isinstance(manifest.get("base_model", ""), (str, type(None))):
         raise CompareError(f"{label}: manifest {file} has no 'base_model' string or null")
@@ -102,41 +123,37 @@ def load_manifest(run: dict, label: str) -> dict | None:
     return manifest
 
 
-def _same_model(a: str, b: str) -> bool:
-    def norm(name: str) -> str:
-        if name == "forgetbench-lab":  # the lab alias names the shipped base model
-            from forgetbench.lab.model import base_model_path
+def manifest_mismatch(pre: dict, manifest: dict | None, label: str) -> Mismatch | None:
+    """Why the checkpoint's base model is not the pre run's model, or None.
 
-            name = str(base_model_path())
-        return os.path.realpath(name) if os.path.exists(name) else name
-
-    return norm(a) == norm(b)
-
-
-def manifest_mismatch(pre: dict, manifest: dict | None, label: str) -> str | None:
-    """Why the checkpoint's base model is not the pre run's model, or None."""
+    >>> manifest_mismatch({"config": {"model_args": "pretrained=org/a"}}, {"base_model": "org/b"}, "--post P")
+    ... # doctest: +NORMALIZE_WHITESPACE
+    Mismatch(field='base-model', pre='org/a', post='org/b',
+             message="--post P: checkpoint was tuned from 'org/b' but --pre evaluated 'org/a'",
+             restrictable=True, task=None)
+    """
     if manifest is None:
         return None
     model = pretrained(pre)
     names = [manifest.get("base_model"), manifest.get("base_model_path")]
-    if model is not None and any(isinstance(n, str) and _same_model(n, model) for n in names):
+    if model is not None and any(isinstance(n, str) and same_model(n, model) for n in names):
         return None
-    if model is not None and _same_model(pretrained_path_of(manifest), model):
+    if model is not None and same_model(manifest.get("_folder", ""), model):
         return None  # post evaluated the very model pre evaluated
-    if manifest.get("base_model") is None:
-        return f"{label}: checkpoint was trained from scratch, not tuned from --pre's '{model}'"
-    return f"{label}: checkpoint was tuned from '{manifest['base_model']}' but --pre evaluated '{model}'"
+    base = manifest.get("base_model")
+    if base is None:
+        message = f"{label}: checkpoint was trained from scratch, not tuned from --pre's '{model}'"
+    else:
+        message = f"{label}: checkpoint was tuned from '{base}' but --pre evaluated '{model}'"
+    return Mismatch("base-model", model, base, message)
 
 
-def pretrained_path_of(manifest: dict) -> str:
-    """The folder the manifest was read from (set by :func:`load_manifest`)."""
-    return manifest.get("_folder", "")
+def run_mismatches(pre: dict, post: dict, tasks: list[str], pre_label: str, post_label: str,
+                   reference: str = "--pre") -> list[Mismatch]:
+    """Run-level differences (task sets, limit/offset, sample counts, versions) of ``post`` from ``pre``.
 
-
-def run_mismatches(pre: dict, post: dict, tasks: list[str], pre_label: str, post_label: str) -> list[str]:
-    """Run-level differences (task sets, limit/offset, sample counts, versions), one line each.
-
-    A requested task missing from either run is an error, not a mismatch.
+    ``reference`` names ``pre`` in the messages (``forgetbench stages`` says "the first stage"). A requested
+    task missing from either run is an error, not a mismatch.
     """
     for run, label in ((pre, pre_label), (post, post_label)):
         missing = [t for t in tasks if t not in run["results"]]
@@ -146,13 +163,14 @@ def run_mismatches(pre: dict, post: dict, tasks: list[str], pre_label: str, post
     only_pre = sorted(set(pre["results"]) - set(post["results"]))
     only_post = sorted(set(post["results"]) - set(pre["results"]))
     if only_pre or only_post:
-        out.append(f"{post_label}: tasks differ from --pre: only in pre: {', '.join(only_pre) or '-'}; "
-                   f"only in post: {', '.join(only_post) or '-'}")
+        out.append(Mismatch("tasks", tuple(only_pre), tuple(only_post),
+                            f"{post_label}: tasks differ from {reference}: only in pre: {', '.join(only_pre) or '-'}; "
+                            f"only in post: {', '.join(only_post) or '-'}"))
     # --limit (and --offset) pick which documents are scored.
     for key in ("limit", "offset"):
         a, b = pre["config"].get(key), post["config"].get(key)
         if a != b:
-            out.append(f"{post_label}: {key} differs from --pre: pre {a}; post {b}")
+            out.append(Mismatch(key, a, b, f"{post_label}: {key} differs from {reference}: pre {a}; post {b}"))
     # Every task, not only the requested ones: the two runs must be the same evaluation.
     for task in sorted(set(pre["n-samples"]) | set(post["n-samples"])):
         counts = []
@@ -160,12 +178,14 @@ def run_mismatches(pre: dict, post: dict, tasks: list[str], pre_label: str, post
             n = run["n-samples"].get(task)
             counts.append((n.get("original"), n.get("effective")) if isinstance(n, dict) else n)
         if counts[0] != counts[1]:
-            out.append(f"{post_label}: sample counts of '{task}' differ from --pre (original, effective): "
-                       f"pre {counts[0]}; post {counts[1]}")
+            out.append(Mismatch("n-samples", counts[0], counts[1],
+                                f"{post_label}: sample counts of '{task}' differ from {reference} (original, "
+                                f"effective): pre {counts[0]}; post {counts[1]}", task=task))
     for task in sorted(set(pre["versions"]) | set(post["versions"])):
         a, b = pre["versions"].get(task), post["versions"].get(task)
         if a != b:
-            out.append(f"{post_label}: version of task '{task}' differs from --pre: pre {a}; post {b}")
+            out.append(Mismatch("version", a, b, f"{post_label}: version of task '{task}' differs from "
+                                                 f"{reference}: pre {a}; post {b}", task=task))
     return out
 
 
@@ -238,8 +258,19 @@ def load_samples(run: dict, task: str, metric: str, cluster_key: str | None, lab
     return samples
 
 
-def sample_mismatches(pre: dict[int, Sample], post: dict[int, Sample], task: str, label: str) -> tuple[list, list]:
-    """``(common doc ids in pre's order, mismatch lines)``: documents must be the same, asked the same way.
+def sample_log_mismatch(task: str, in_pre: bool, label: str) -> Mismatch:
+    """The sample log of ``task`` exists in one run only (``in_pre``: in the pre run).
+
+    >>> print(sample_log_mismatch("t", True, "--post P"))
+    --post P: sample log of task 't' only in pre
+    """
+    return Mismatch("sample-log", in_pre, not in_pre,
+                    f"{label}: sample log of task '{task}' only in {'pre' if in_pre else 'post'}", task=task)
+
+
+def sample_mismatches(pre: dict[int, Sample], post: dict[int, Sample], task: str,
+                      label: str) -> tuple[list[int], list[Mismatch]]:
+    """``(common doc ids in pre's order, mismatches)``: documents must be the same, asked the same way.
 
     >>> a = {0: Sample("q0", "x", "x", 1.0, None), 1: Sample("q1", "y", "y", 1.0, None),
     ...      3: Sample("q3", 1, 1, 0.0, None)}
@@ -255,16 +286,30 @@ def sample_mismatches(pre: dict[int, Sample], post: dict[int, Sample], task: str
     out = []
     only_pre, only_post = sorted(set(pre) - set(post)), sorted(set(post) - set(pre))
     if only_pre or only_post:
-        out.append(f"{label}: doc ids of task '{task}' differ from --pre: {len(only_pre)} only in pre"
-                   f"{f' (e.g. {only_pre[0]})' if only_pre else ''}, {len(only_post)} only in post"
-                   f"{f' (e.g. {only_post[0]})' if only_post else ''}")
+        out.append(Mismatch("doc-ids", tuple(only_pre), tuple(only_post),
+                            f"{label}: doc ids of task '{task}' differ from --pre: {len(only_pre)} only in pre"
+                            f"{f' (e.g. {only_pre[0]})' if only_pre else ''}, {len(only_post)} only in post"
+                            f"{f' (e.g. {only_post[0]})' if only_post else ''}", task=task))
     common, asked = [], []
     for doc in (d for d in pre if d in post):
         differs = [f for f in ("input", "target") if getattr(pre[doc], f) != getattr(post[doc], f)]
         (asked if differs else common).append((doc, differs))
     if asked:
         doc, fields = asked[0]
-        out.append(f"{label}: task '{task}': {len(asked)} doc(s) asked differently from --pre "
-                   f"(e.g. doc {doc}: {' and '.join(fields)} differs)")
-    common = [doc for doc, _ in common]
-    return common, out
+        docs = tuple(d for d, _ in asked)
+        out.append(Mismatch("asked", docs, docs,
+                            f"{label}: task '{task}': {len(asked)} doc(s) asked differently from --pre "
+                            f"(e.g. doc {doc}: {' and '.join(fields)} differs)", task=task))
+    return [doc for doc, _ in common], out
+
+
+def unrestrictable_mismatch(task: str, dropped: dict[str, int], label: str) -> Mismatch:
+    """Documents were dropped from ``task`` but its metric cannot be recomputed on the common ones: a mismatch
+    that ``--allow-mismatch`` cannot repair.
+
+    >>> print(unrestrictable_mismatch("mme", {"pre": 1, "post": 0}, "--post P"))
+    --post P: cannot restrict task 'mme' to the common samples: its metric is not a mean of per-sample numbers
+    """
+    return Mismatch("common-samples", dropped["pre"], dropped["post"],
+                    f"{label}: cannot restrict task '{task}' to the common samples: "
+                    f"its metric is not a mean of per-sample numbers", restrictable=False, task=task)

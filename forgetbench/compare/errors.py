@@ -1,0 +1,7 @@
+"""The one error type of the compare part: a refusal the user can fix."""
+
+from __future__ import annotations
+
+
+class CompareError(Exception):
+    """A refusal: bad input the user can fix. Printed as one line, exit 2."""

@@ -1,0 +1,135 @@
+"""Rendering a compare report (the dict of compare.json): the printed table, compare.md, compare.csv, and every
+output file's bytes, written all-or-nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from forgetbench import outputs
+from forgetbench.compare.errors import CompareError
+from forgetbench.compare.plots import ef_plot
+
+CSV_FIELDS = ("method", "task", "role", "metric", "scale", "pre", "post", "delta", "ci_low", "ci_high", "relative",
+              "n", "dropped", "forgotten", "learned", "mcnemar_p", "trainable_parameters")
+FORGOTTEN_FIELDS = ("method", "task", "doc_id", "input", "target", "pre_answer", "post_answer")
+
+
+def methods_of(report: Mapping) -> dict:
+    """Method name -> method report, for a single-post and a many-post report alike.
+
+    >>> list(methods_of({"name": "lora", "E": 1.0})), list(methods_of({"methods": {"a": {}, "b": {}}}))
+    (['lora'], ['a', 'b'])
+    """
+    return dict(report["methods"]) if "methods" in report else {report.get("name", "post"): report}
+
+
+def _num(x, sign: bool = True) -> str:
+    return "-" if x is None else (f"{x:+.2f}" if sign else f"{x:.2f}")
+
+
+def _ci(ci) -> str:
+    return "-" if not ci else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
+def _p(m) -> str:
+    return "-" if not m else f"{m['pvalue']:.3g}"
+
+
+def _task_grid(report: Mapping, relative: bool) -> list[tuple]:
+    """Rows per (method, task): the walking skeleton's six columns, then what the samples add."""
+    many = "methods" in report
+    header = (("method",) if many else ()) + ("task", "role", "metric", "pre", "post", "delta", "delta CI",
+                                              "forgot", "learned", "McNemar p") + (("rel %",) if relative else ())
+    rows = [header]
+    for name, m in methods_of(report).items():
+        for t, r in m["tasks"].items():
+            f = r.get("flips") or {}
+            rows.append((name,) * many + (t, r["role"], r["metric"], _num(r["pre"], False), _num(r["post"], False),
+                         _num(r["delta"]), _ci(r.get("delta_ci")), str(f.get("forgotten", "-")),
+                         str(f.get("learned", "-")), _p(r.get("mcnemar")))
+                        + ((_num(r.get("relative")),) if relative else ()))
+    return rows
+
+
+def _summary_grid(report: Mapping) -> list[tuple]:
+    """One row per method: parameters, E/F/O with intervals, Pareto membership, per-task deltas."""
+    methods = methods_of(report)
+    tasks = list(next(iter(methods.values()))["tasks"])
+    front = report.get("pareto", list(methods))
+    rows = [("method", "params", "E", "E CI", "F", "F CI", "O", "O CI", "Pareto") + tuple(f"d {t}" for t in tasks)]
+    for name, m in methods.items():
+        params = m.get("trainable_parameters")
+        rows.append((name, "-" if params is None else f"{params:,}",
+                     *(c for k in "EFO" for c in (_num(m[k]), _ci(m.get(f"{k}_ci")))),
+                     "*" if name in front else "", *(_num(m["tasks"][t]["delta"]) for t in tasks)))
+    return rows
+
+
+def format_table(report: Mapping, relative: bool = False) -> str:
+    """Plain-text table: one row per task (per method), then E, F, O (2 decimals) or, for many methods, one
+    summary row per method."""
+    lines = outputs.text_grid(_task_grid(report, relative), 4 + ("methods" in report))
+    if "methods" in report:
+        return "\n".join(lines + ["", *outputs.text_grid(_summary_grid(report), 1)])
+    conf = report.get("bootstrap", {}).get("confidence", 0.95)
+    names = {"E": "E (specialization, mean downstream delta)", "F": "F (forgetting, mean upstream delta)      ",
+             "O": "O (overall, E + F)                       "}
+    lines.append("")
+    for k, text in names.items():
+        ci = report.get(f"{k}_ci")
+        lines.append(f"{text} = {report[k]:+.2f}" + (f"   {conf:.0%} CI {_ci(ci)}" if ci else ""))
+    return "\n".join(lines)
+
+
+def csv_records(report: Mapping) -> list[dict]:
+    """Long format: a row per (method, task) and per (method, E|F|O)."""
+    out = []
+    for name, m in methods_of(report).items():
+        for t, r in m["tasks"].items():
+            ci, f = r.get("delta_ci") or [None, None], r.get("flips") or {}
+            out.append({**r, "method": name, "task": t, "ci_low": ci[0], "ci_high": ci[1],
+                        "forgotten": f.get("forgotten"), "learned": f.get("learned"),
+                        "mcnemar_p": (r.get("mcnemar") or {}).get("pvalue"),
+                        "trainable_parameters": m.get("trainable_parameters")})
+        for k in "EFO":
+            ci = m.get(f"{k}_ci") or [None, None]
+            out.append({"method": name, "task": k, "delta": m[k], "ci_low": ci[0], "ci_high": ci[1],
+                        "trainable_parameters": m.get("trainable_parameters")})
+    return out
+
+
+def markdown(report: Mapping, relative: bool = True) -> str:
+    """The Markdown report: a summary row per method, then every task."""
+    conf = report["bootstrap"]["confidence"]
+    return (f"# forgetbench compare\n\nPoints on 0-100; CI = {conf:.0%} paired bootstrap interval "
+            f"({report['bootstrap']['resamples']} resamples, seed {report['bootstrap']['seed']}); "
+            f"F < 0 means the model forgot.\n\n" + outputs.markdown_table(_summary_grid(report), 1)
+            + "\n\n" + outputs.markdown_table(_task_grid(report, relative), 4 + ("methods" in report)) + "\n")
+
+
+def render_files(report: Mapping, forgotten: list[dict], out: Path | None,
+                 json_path: Path | None) -> dict[Path, bytes]:
+    """Every output file's bytes, rendered before anything is written."""
+    files = {}
+    if json_path is not None:
+        files[json_path] = outputs.json_bytes(report)
+    if out is not None:
+        methods = methods_of(report)
+        files[out / "compare.json"] = outputs.json_bytes(report)
+        files[out / "compare.md"] = markdown(report).encode()
+        files[out / "compare.csv"] = outputs.csv_bytes(csv_records(report), CSV_FIELDS)
+        files[out / "forgotten.csv"] = outputs.csv_bytes(forgotten, FORGOTTEN_FIELDS)
+        for ext, data in ef_plot(methods, report.get("pareto", list(methods))).items():
+            files[out / f"ef.{ext}"] = data
+    return files
+
+
+def write_files(files: Mapping[Path, bytes], out: Path | None) -> None:
+    """Create ``out`` if needed and write ``files`` all-or-nothing; a failure is a :class:`CompareError`."""
+    try:
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        outputs.write_all_atomic(files)
+    except OSError as exc:
+        raise CompareError(f"cannot write {exc.filename or ''}: {exc.strerror or exc}") from None

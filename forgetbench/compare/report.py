@@ -1,0 +1,286 @@
+"""The comparison itself: one or many post runs against a pre run, as the compare.json report.
+
+Per task: the primary metric in points, the paired bootstrap deviations, right/wrong flips and McNemar's test
+from the sample logs; per method: E, F, O and their intervals, the pairing found and the manifest's parameter
+count; for many methods, the Pareto front. Typed inputs (:class:`CompareOptions`), no argparse here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from forgetbench.compare import pairing, render, scores, stats
+from forgetbench.compare.errors import CompareError
+
+SCHEMA = "forgetbench.compare/2"
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """How to compare: bootstrap resamples (0: no intervals), interval level, seed, whether to tolerate
+    mismatched runs (compare the common samples only), and per-task metric and scale overrides."""
+
+    resamples: int = 10000
+    confidence: float = 0.95
+    seed: int = 0
+    allow_mismatch: bool = False
+    metrics: Mapping[str, str] = field(default_factory=dict)
+    scales: Mapping[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------
+# Checks of the inputs (the CLI runs them in its own order, before parsing TASK=VALUE options)
+# --------------------------------------------------------------------------
+
+def check_tasks(tasks: Sequence[str], option: str) -> None:
+    """Refuse an empty task list, an empty task name or a task listed twice."""
+    if isinstance(tasks, str):
+        raise TypeError(f"{option}: a sequence of task names, not a string")
+    if not tasks:
+        raise CompareError(f"{option}: no task")
+    if not all(isinstance(t, str) and t for t in tasks):
+        raise CompareError(f"{option}: empty task name in {','.join(map(str, tasks))!r}")
+    dupes = sorted({t for t in tasks if tasks.count(t) > 1})
+    if dupes:
+        raise CompareError(f"{option}: task listed twice: {', '.join(dupes)}")
+
+
+def check_roles(downstream: Sequence[str], upstream: Sequence[str]) -> None:
+    both = [t for t in downstream if t in upstream]
+    if both:
+        raise CompareError(f"task(s) both downstream and upstream: {', '.join(both)}")
+
+
+def check_bootstrap(resamples: int, confidence: float) -> None:
+    if resamples < 0 or not 0 < confidence < 1:
+        raise CompareError("--resamples must be >= 0 and --confidence between 0 and 1")
+
+
+def check_choice(option: str, task: str, value: str, tasks: Sequence[str]) -> None:
+    """One ``--metric`` or ``--metric-scale`` choice: a compared task and, for a scale, a known one."""
+    if task not in tasks:
+        raise CompareError(f"{option}: '{task}' is not among the compared tasks")
+    if option == "--metric-scale":
+        try:
+            stats.scale_factor(value)
+        except ValueError:
+            raise CompareError(f"{option}: scale of '{task}' must be {stats.SCALE_HELP}, got {value!r}") from None
+
+
+def check_method_names(names: Sequence[str]) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise CompareError(f"--post: method name used twice: {', '.join(dupes)} (use --post NAME=DIR)")
+
+
+# --------------------------------------------------------------------------
+# One method: pre versus post
+# --------------------------------------------------------------------------
+
+@dataclass
+class TaskRow:
+    """One task of one method: a value of compare.json's ``tasks`` (fields in the JSON's order)."""
+
+    metric: str
+    pre: float
+    post: float
+    delta: float
+    role: str
+    scale: str
+    n: int | None
+    dropped: int
+    delta_ci: list[float] | None
+    flips: dict | None
+    mcnemar: dict | None
+    cluster_key: str | None
+    relative: float | None
+
+
+@dataclass
+class TaskScore:
+    """What one task's results and sample logs give, before E, F and O: ``points`` is (pre, post)."""
+
+    metric: str
+    scale: str
+    points: tuple[float, float]
+    cluster_key: str | None
+    n: int | None = None
+    dropped: int = 0
+    flips: dict | None = None
+    mcnemar: dict | None = None
+    deviations: np.ndarray | None = None  # bootstrap deviations of the delta (points)
+
+
+def _answer(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+@dataclass
+class _Pair:
+    """A pre and a post run being compared, and what the comparison found so far."""
+
+    pre: dict
+    pre_label: str
+    post: dict
+    label: str
+    name: str
+    mismatches: list[pairing.Mismatch] = field(default_factory=list)
+    forgotten: list[dict] = field(default_factory=list)
+    dropped: dict[str, dict] = field(default_factory=dict)
+
+    def task(self, task: str, metric: str | None, scale: str | None, resamples: int, seed) -> TaskScore:
+        """The score of one task, from results.json and the sample logs."""
+        runs = ((self.pre, self.pre_label), (self.post, self.label))
+        metric, scale, values = scores.paired_scores(runs, task, metric, scale)
+        base = metric.split(",")[0]
+        key = scores.declared(self.pre, task, self.pre_label).get("cluster_key")
+        key = key if isinstance(key, str) else None
+        out = TaskScore(metric, scale, tuple(stats.to_points(v, scale) for v in values), key)
+        pre_s, post_s = (pairing.load_samples(run, task, base, key, label) for run, label in runs)
+        if (pre_s is None) != (post_s is None):
+            self.mismatches.append(pairing.sample_log_mismatch(task, pre_s is not None, self.label))
+        if pre_s is None or post_s is None:
+            return out
+        common, found = pairing.sample_mismatches(pre_s, post_s, task, self.label)
+        self.mismatches += found
+        lost = len(pre_s) + len(post_s) - 2 * len(common)
+        numeric = bool(common) and pre_s[common[0]].value is not None and post_s[common[0]].value is not None
+        vals = [np.array([s[d].value for d in common]) for s in (pre_s, post_s)] if numeric else None
+        if numeric and not lost:
+            means = [float(np.mean(v)) for v in vals]
+            if not all(abs(m - v) <= 1e-9 + 1e-6 * abs(v) for m, v in zip(means, values, strict=True)):
+                if scores.is_mean(self.pre, task, base):
+                    raise CompareError(f"{self.label}: task '{task}': per-sample '{base}' averages to "
+                                       f"{means[0]:.6g} (pre) / {means[1]:.6g} (post) but results say "
+                                       f"{values[0]:.6g} / {values[1]:.6g}")
+                numeric = False  # a corpus-level score (CIDEr, MME): no per-sample statistics
+        if lost:
+            self.dropped[task] = {"pre": len(pre_s) - len(common), "post": len(post_s) - len(common)}
+            out.dropped = lost
+            if not numeric:  # only reachable under --allow-mismatch (a mismatch was recorded)
+                self.mismatches.append(pairing.unrestrictable_mismatch(task, self.dropped[task], self.label))
+                return out
+            out.points = tuple(stats.to_points(float(np.mean(v)), scale) for v in vals)  # the common docs only
+        out.n = len(common)
+        if not numeric:
+            return out
+        if resamples:
+            clusters = [pre_s[d].cluster for d in common] if key else None
+            factor = stats.scale_factor(scale)[0]
+            out.deviations = stats.bootstrap_deviations(
+                (vals[1] - vals[0]) * factor, clusters, resamples, np.random.default_rng(seed))
+        if all(np.isin(v, (0.0, 1.0)).all() for v in vals):
+            out.flips = stats.flip_counts(*vals)
+            out.mcnemar = stats.mcnemar_test(out.flips)
+            self.forgotten += [
+                {"method": self.name, "task": task, "doc_id": d, "input": _answer(pre_s[d].input),
+                 "target": _answer(pre_s[d].target), "pre_answer": _answer(pre_s[d].answer),
+                 "post_answer": _answer(post_s[d].answer)}
+                for d, a, b in zip(common, *vals, strict=True) if a == 1 and b == 0]
+        return out
+
+
+MANIFEST_KEYS = ("method", "base_model", "trainable_parameters", "seed", "steps")
+
+
+def compare_method(pre: dict, pre_label: str, name: str, post_path: str | Path, downstream: list[str],
+                   upstream: list[str], options: CompareOptions) -> tuple[dict, list[dict]]:
+    """The report of one post run against ``pre``, and its forgotten samples (rows of forgotten.csv)."""
+    label = f"--post {post_path}"
+    pair = _Pair(pre, pre_label, pairing.load_run(Path(post_path), label), label, name)
+    tasks = downstream + upstream
+    pair.mismatches += pairing.run_mismatches(pre, pair.post, tasks, pre_label, label)
+    manifest = pairing.load_manifest(pair.post, label)
+    pair.mismatches += [m for m in [pairing.manifest_mismatch(pre, manifest, label)] if m]
+    seeds = np.random.SeedSequence(options.seed).spawn(len(tasks))  # one stream per task: tasks independent
+    scored = {task: pair.task(task, options.metrics.get(task), options.scales.get(task), options.resamples, seed)
+              for task, seed in zip(tasks, seeds, strict=True)}
+    if pair.mismatches and not options.allow_mismatch:
+        raise CompareError(pair.mismatches[0].message + " (--allow-mismatch compares the common samples only)")
+    unrestricted = [m for m in pair.mismatches if not m.restrictable]
+    if unrestricted:
+        raise CompareError(unrestricted[0].message)
+    report = stats.specialization_forgetting({t: s.points[0] for t, s in scored.items()},
+                                             {t: s.points[1] for t, s in scored.items()}, downstream, upstream)
+    if not all(math.isfinite(report[k]) for k in "EFO"):  # finite but huge inputs can overflow
+        raise CompareError("scores too large: E, F or O is not finite")
+    deviations = {t: s.deviations for t, s in scored.items() if s.deviations is not None}
+    for task, s in scored.items():
+        r = report["tasks"][task]  # pre, post, delta, role
+        ci = stats.interval(r["delta"], s.deviations, options.confidence) if s.deviations is not None else None
+        report["tasks"][task] = asdict(TaskRow(
+            metric=s.metric, **r, scale=s.scale, n=s.n, dropped=s.dropped, delta_ci=ci, flips=s.flips,
+            mcnemar=s.mcnemar, cluster_key=s.cluster_key, relative=stats.relative_change(r["pre"], r["post"])))
+    cis = stats.efo_intervals(report, deviations, options.confidence) if options.resamples else dict.fromkeys("EFO")
+    report.update({f"{k}_ci": v for k, v in cis.items()})
+    report.update(name=name, post=str(post_path),
+                  trainable_parameters=manifest.get("trainable_parameters") if manifest else None,
+                  manifest={k: manifest.get(k) for k in MANIFEST_KEYS} if manifest else None,
+                  pairing={"mismatches": [m.message for m in pair.mismatches], "dropped": pair.dropped})
+    return report, pair.forgotten
+
+
+# --------------------------------------------------------------------------
+# Many methods
+# --------------------------------------------------------------------------
+
+@dataclass
+class Comparison:
+    """The result of :func:`compare_runs`.
+
+    ``report`` is what compare.json holds (schema ``forgetbench.compare/2``, docs/compare-schema.md): one
+    method's report at the top level for one post run, else ``methods`` and ``pareto``. ``forgotten`` are the
+    rows of forgotten.csv (right before, wrong after).
+    """
+
+    report: dict
+    forgotten: list[dict]
+
+    def table(self, relative: bool = False) -> str:
+        """The plain-text table ``forgetbench compare`` prints (``relative``: add post/pre - 1 in %)."""
+        return render.format_table(self.report, relative)
+
+    def write(self, out: Path | None = None, json_path: Path | None = None) -> None:
+        """Write ``json_path`` (the report) and, into ``out`` (created if needed), compare.json, compare.md,
+        compare.csv, forgotten.csv, ef.png and ef.svg: all or nothing; an OSError is a CompareError."""
+        out, json_path = (Path(p) if p is not None else None for p in (out, json_path))
+        render.write_files(render.render_files(self.report, self.forgotten, out, json_path), out)
+
+
+def compare_runs(pre: str | Path, posts: Sequence[tuple[str, str | Path]], downstream: Sequence[str],
+                 upstream: Sequence[str], options: CompareOptions = CompareOptions()) -> Comparison:  # noqa: B008
+    """Compare the lmms-eval output ``pre`` (a folder or its results file) with every ``(name, post)``.
+
+    ``downstream`` tasks make E, ``upstream`` tasks make F. Raises :class:`CompareError` (a one-line message
+    naming the input) for anything the user must fix.
+    """
+    check_tasks(downstream, "--downstream")
+    check_tasks(upstream, "--upstream")
+    downstream, upstream = list(downstream), list(upstream)
+    check_roles(downstream, upstream)
+    check_bootstrap(options.resamples, options.confidence)
+    tasks = downstream + upstream
+    for option, choices in (("--metric", options.metrics), ("--metric-scale", options.scales)):
+        for task, value in choices.items():
+            check_choice(option, task, value, tasks)
+    if not posts:
+        raise CompareError("--post: no post run")
+    check_method_names([name for name, _ in posts])
+    pre_label = f"--pre {pre}"
+    pre_run = pairing.load_run(Path(pre), pre_label)
+    methods, forgotten = {}, []
+    for name, path in posts:
+        methods[name], lost = compare_method(pre_run, pre_label, name, path, downstream, upstream, options)
+        forgotten += lost
+    shared = {"schema": SCHEMA, "pre": str(pre),
+              "bootstrap": {"resamples": options.resamples, "confidence": options.confidence, "seed": options.seed}}
+    if len(methods) == 1:
+        return Comparison({**next(iter(methods.values())), **shared}, forgotten)
+    front = stats.pareto_front({n: (m["E"], m["F"]) for n, m in methods.items()})
+    return Comparison({**shared, "methods": methods, "pareto": front}, forgotten)

@@ -1,0 +1,150 @@
+"""``forgetbench stages``: a model fine-tuned on task 1, then task 2, ... and evaluated on every task after each
+stage. Reports the accuracy matrix and BWT, MFN, MAA and average forgetting (formulas in docs/metrics.md).
+
+``a[i][j]`` is the score (points) on task j after stage i, where stage i fine-tuned on task i (0-based here).
+Runs are read and paired, and tasks scored, exactly as ``forgetbench compare`` does; its CLI is at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from forgetbench import outputs
+from forgetbench.compare import cli, pairing, render, scores, stats
+from forgetbench.compare.errors import CompareError
+from forgetbench.compare.report import check_choice
+
+PROG = "forgetbench stages"
+SCHEMA = "forgetbench.stages/1"
+SUMMARIES = ("MFN", "MAA", "BWT", "AF")
+
+
+def stage_metrics(a: Sequence[Sequence[float]]) -> dict[str, float]:
+    """BWT, MFN, MAA and AF of a T x T accuracy matrix (T >= 2).
+
+    * MFN, final mean accuracy: mean_j a[T-1][j];
+    * MAA, mean average accuracy: mean over stages i of mean_{j <= i} a[i][j];
+    * BWT, backward transfer: mean_{j < T-1} (a[T-1][j] - a[j][j]) (negative = forgot);
+    * AF, average forgetting: mean_{j < T-1} (max_{i < T-1} a[i][j] - a[T-1][j]).
+
+    >>> a = [[80, 10, 20], [85, 70, 25], [50, 65, 90]]
+    >>> {k: round(v, 4) for k, v in stage_metrics(a).items()}
+    {'MFN': 68.3333, 'MAA': 75.2778, 'BWT': -17.5, 'AF': 20.0}
+    """
+    t = len(a)
+    if t < 2 or any(len(row) != t for row in a):
+        raise ValueError("need a square accuracy matrix with at least 2 stages")
+    last = a[-1]
+    return {
+        "MFN": sum(last) / t,
+        "MAA": sum(sum(a[i][: i + 1]) / (i + 1) for i in range(t)) / t,
+        "BWT": sum(last[j] - a[j][j] for j in range(t - 1)) / (t - 1),
+        "AF": sum(max(a[i][j] for i in range(t - 1)) - last[j] for j in range(t - 1)) / (t - 1),
+    }
+
+
+def check_stage_tasks(tasks: Sequence[str]) -> None:
+    if len(tasks) < 2 or len(set(tasks)) != len(tasks):
+        raise CompareError("--stage: need at least 2 stages, each on a different task")
+
+
+def compare_stages(stages: Sequence[tuple[str, str | Path]], metrics: Mapping[str, str] | None = None,
+                   scales: Mapping[str, str] | None = None) -> dict:
+    """The stages report (schema ``forgetbench.stages/1``) of ``[(task stage i tuned on, its lmms-eval output)]``
+    in training order; ``metrics`` and ``scales`` override a task's metric and scale, as in compare."""
+    tasks, dirs = [t for t, _ in stages], [d for _, d in stages]
+    check_stage_tasks(tasks)
+    metrics, scales = metrics or {}, scales or {}
+    for option, choices in (("--metric", metrics), ("--metric-scale", scales)):
+        for task, value in choices.items():
+            check_choice(option, task, value, tasks)
+    labels = [f"--stage {t}={d}" for t, d in stages]
+    runs = [(pairing.load_run(Path(d), label), label) for d, label in zip(dirs, labels, strict=True)]
+    for run, label in runs[1:]:
+        found = pairing.run_mismatches(runs[0][0], run, tasks, runs[0][1], label, reference="the first stage")
+        if found:
+            raise CompareError(found[0].message)
+    columns, chosen = [], {}
+    for task in tasks:
+        chosen[task], scale, values = scores.paired_scores(runs, task, metrics.get(task), scales.get(task))
+        columns.append([stats.to_points(v, scale) for v in values])
+    matrix = [[columns[j][i] for j in range(len(tasks))] for i in range(len(tasks))]
+    return {"schema": SCHEMA, "tasks": tasks, "runs": [str(d) for d in dirs], "metrics": chosen, "matrix": matrix,
+            **stage_metrics(matrix)}
+
+
+def _grid(report: Mapping) -> list[tuple]:
+    tasks = report["tasks"]
+    return [("after stage", *tasks)] + [
+        (f"{i + 1}: {t}", *(f"{v:.2f}" for v in row)) for i, (t, row) in enumerate(zip(tasks, report["matrix"],
+                                                                                        strict=True))]
+
+
+def format_table(report: Mapping) -> str:
+    """The accuracy matrix (rows: after each stage; columns: tasks), then the four summaries."""
+    return "\n".join(outputs.text_grid(_grid(report), 1) + [
+        "", f"MFN (final mean accuracy)   = {report['MFN']:.2f}", f"MAA (mean average accuracy) = {report['MAA']:.2f}",
+        f"BWT (backward transfer)     = {report['BWT']:+.2f}", f"AF (average forgetting)     = {report['AF']:.2f}"])
+
+
+def render_files(report: Mapping, out: Path | None, json_path: Path | None) -> dict[Path, bytes]:
+    """``json_path`` and, in ``out``, stages.json, stages.md and stages.csv, as bytes."""
+    files = {json_path: outputs.json_bytes(report)} if json_path is not None else {}
+    if out is not None:
+        records = [{"stage": i + 1, "trained_on": t, **dict(zip(report["tasks"], row, strict=True))}
+                   for i, (t, row) in enumerate(zip(report["tasks"], report["matrix"], strict=True))]
+        summary = "\n".join(f"- **{k}** = {report[k]:.2f}" for k in SUMMARIES)
+        files.update({out / "stages.json": outputs.json_bytes(report),
+                      out / "stages.md": f"# forgetbench stages\n\n{outputs.markdown_table(_grid(report), 1)}"
+                                         f"\n\n{summary}\n".encode(),
+                      out / "stages.csv": outputs.csv_bytes(records, ["stage", "trained_on", *report["tasks"]])})
+    return files
+
+
+# --------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the ``stages`` arguments to ``parser``."""
+    parser.description = parser.description or __doc__.splitlines()[0]
+    parser.add_argument("--stage", required=True, action="append", metavar="TASK=DIR",
+                        help="in training order: the task stage i fine-tuned on, and the lmms-eval --output_path "
+                             "of the model after it (evaluated on every stage task); at least 2")
+    cli.add_score_options(parser)
+    parser.add_argument("--json", dest="json_path", metavar="FILE", help="also write the result as JSON to FILE")
+    parser.add_argument("--out", metavar="DIR", help="write stages.json, stages.md and stages.csv into DIR")
+
+
+def _stages(args: argparse.Namespace) -> dict:
+    pairs = [item.partition("=") for item in args.stage]
+    if any(not sep or not t.strip() or not d for t, sep, d in pairs):
+        raise CompareError("--stage: expected TASK=DIR for every stage")
+    tasks, dirs = [t.strip() for t, _, _ in pairs], [d for _, _, d in pairs]
+    check_stage_tasks(tasks)
+    metrics = cli.assignments(args.metric, "--metric", tasks)
+    scales = cli.assignments(args.metric_scale, "--metric-scale", tasks)
+    return compare_stages(list(zip(tasks, dirs, strict=True)), metrics, scales)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``forgetbench stages``; returns the exit code (0 ok, 2 refused)."""
+    try:
+        report = _stages(args)
+        out = Path(args.out) if args.out else None
+        render.write_files(render_files(report, out, Path(args.json_path) if args.json_path else None), out)
+    except CompareError as exc:
+        return cli.refuse(PROG, exc)
+    return cli.emit(format_table(report))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``forgetbench stages`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    return cli.command_main(PROG, configure_parser, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
