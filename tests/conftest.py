@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The study caches baselines under the user's cache folder: the tests get one of their own, shared by the session.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="forgetbench-test-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -38,10 +41,11 @@ def lab_model() -> Path:
 
 @pytest.fixture(scope="session")
 def small_study(tmp_path_factory) -> Path:
-    """The real ``forgetbench study`` (real lmms-eval CLI, real accelerate + TRL recipe), cut to a few docs/steps."""
+    """The real ``forgetbench study`` (real lmms-eval CLI, real accelerate + TRL recipe), one arm (lora), cut to a
+    few docs/steps."""
     out = tmp_path_factory.mktemp("study") / "lab"
     run_command(
-        [str(BIN / "forgetbench"), "study", "--out", str(out), "--limit", "24",
+        [str(BIN / "forgetbench"), "study", "--out", str(out), "--limit", "24", "--methods", "lora",
          "--recipe-args", "--max_steps 40 --logging_steps 10"],
         cwd=tmp_path_factory.getbasetemp(),
     )

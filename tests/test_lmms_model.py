@@ -79,8 +79,8 @@ def test_loglikelihood_ranks_agree_with_a_direct_forward_pass(lab_model):
 
 def test_adapter_folder_answers_equal_the_merged_checkpoint(lab_model, small_study):
     tasks = ["forgetbench_lab_digits", "forgetbench_lab_color"]
-    merged = evaluate("forgetbench", f"pretrained={small_study / 'model'}", tasks, 8, 24)
-    adapter = evaluate("forgetbench", f"pretrained={lab_model},adapter={small_study / 'model' / 'adapter'}",
+    merged = evaluate("forgetbench", f"pretrained={small_study / 'arms' / 'lora'}", tasks, 8, 24)
+    adapter = evaluate("forgetbench", f"pretrained={lab_model},adapter={small_study / 'arms' / 'lora' / 'adapter'}",
                        tasks, 8, 24)
     for task in tasks:
         assert answers(adapter, task) == answers(merged, task)

@@ -1,0 +1,145 @@
+"""The multi-arm study: several recipes against one base, the outputs, the cached baseline, resume after SIGKILL,
+and the report rendered in a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import BIN, REPO, run_command
+
+ARGS = ["--methods", "lora,full_st", "--limit", "24", "--recipe-args", "--max_steps 6"]
+
+
+def _study(out, cache, *extra: str) -> list[str]:
+    return [str(BIN / "forgetbench"), "study", "--out", str(out), "--cache-dir", str(cache), *ARGS, *extra]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("baselines")
+
+
+@pytest.fixture(scope="module")
+def two_arms(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("two-arms") / "study"
+    completed = run_command(_study(out, cache))
+    return out, completed.stdout
+
+
+def _efo(out) -> dict:
+    report = json.loads((out / "compare.json").read_text())
+    return {name: (m["E"], m["F"], m["O"]) for name, m in report["methods"].items()}
+
+
+def test_two_arms_write_every_output(two_arms):
+    out, stdout = two_arms
+    report = json.loads((out / "compare.json").read_text())
+    assert report["schema"] == "forgetbench.compare/2" and list(report["methods"]) == ["lora", "full_st"]
+    for name in ("compare.md", "compare.csv", "forgotten.csv", "ef.png", "report.html", "summary.txt"):
+        assert (out / name).is_file(), name
+    state = json.loads((out / "study.json").read_text())
+    assert list(state["steps"]) == ["baseline", "train/lora", "eval/lora", "train/full_st", "eval/full_st", "compare",
+                                    "report"]
+    for arm in ("lora", "full_st"):
+        manifest = json.loads((out / "arms" / arm / "forgetbench_manifest.json").read_text())
+        assert manifest["method"] == arm and manifest["steps"] == 6
+        config = json.loads(next((out / "eval" / arm).glob("*/*_results.json")).read_text())["config"]
+        assert config["model"] == "forgetbench" and config["limit"] == 24  # batched, forgetbench's own wrapper
+    assert "reusing the cached evaluation" not in stdout
+    csv_methods = {line.split(",")[0] for line in (out / "compare.csv").read_text().splitlines()[1:]}
+    assert csv_methods == {"lora", "full_st"}
+
+
+def test_a_second_study_reuses_the_cached_baseline_and_says_so(two_arms, cache, tmp_path):
+    first, _ = two_arms
+    out = tmp_path / "again"
+    completed = run_command(_study(out, cache, "--methods", "lora"))
+    entries = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 1
+    assert f"[baseline] reusing the cached evaluation of the base model: {entries[0]}" in completed.stdout
+    assert json.loads((out / "study.json").read_text())["steps"]["baseline"]["cached"] == str(entries[0])
+    assert _efo(first)["lora"] == pytest.approx(
+        [json.loads((out / "compare.json").read_text())[k] for k in "EFO"])
+
+
+def test_a_study_killed_halfway_and_rerun_ends_with_the_same_numbers(two_arms, cache, tmp_path):
+    first, _ = two_arms
+    out = tmp_path / "killed"
+    process = subprocess.Popen(_study(out, cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "study.json"
+    deadline = time.monotonic() + 600
+    while process.poll() is None and time.monotonic() < deadline:  # kill it while the second arm trains
+        if state.is_file() and "eval/lora" in json.loads(state.read_text())["steps"]:
+            break
+        time.sleep(0.2)
+    time.sleep(3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the study ended before it could be killed"
+    done = json.loads(state.read_text())["steps"]
+    assert "eval/lora" in done and "compare" not in done
+
+    completed = run_command(_study(out, cache))
+    assert "[train/lora] already done" in completed.stdout
+    assert _efo(out) == pytest.approx(_efo(first))
+
+
+def test_a_prompt_tuning_arm_is_refused_up_front(tmp_path):
+    out = tmp_path / "study"
+    completed = subprocess.run([sys.executable, "-m", "forgetbench.cli", "study", "--out", str(out), "--methods",
+                                "lora,prompt_tuning"], capture_output=True, text=True, check=False)
+    assert completed.returncode == 2 and not out.exists()
+    assert completed.stderr.strip().splitlines() == [
+        "forgetbench study: error: arm 'prompt_tuning': prompt tuning cannot be evaluated faithfully: "
+        "--model forgetbench merges adapters and a soft prompt cannot be merged (it would be evaluated as the base "
+        "model)"]
+
+
+def test_a_study_yaml_names_arms_with_their_own_overrides(tmp_path):
+    from forgetbench.study import plan_from_args
+
+    config = tmp_path / "study.yaml"
+    config.write_text("model: forgetbench-lab\nlimit: 8\narms:\n  lora: {recipe: lora}\n"
+                      "  full_st+lowlr: {recipe: full_st, args: --learning_rate 1e-4}\n")
+    import argparse
+
+    from forgetbench.study import configure_parser
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    plan = plan_from_args(parser.parse_args(["--config", str(config), "--recipe-args", "--max_steps 3"]))
+    assert [(a.name, a.recipe, a.args) for a in plan.arms] == [
+        ("lora", "lora", ("--max_steps", "3")),
+        ("full_st+lowlr", "full_st", ("--learning_rate", "1e-4", "--max_steps", "3"))]
+    assert plan.limit == 8 and plan.arms[1].config == str(REPO / "recipes" / "configs" / "lab" / "full_st.yaml")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PDFTOTEXT = shutil.which("pdftotext")
+
+
+@pytest.mark.skipif(not (CHROMIUM and PDFTOTEXT), reason="needs Debian's chromium and poppler-utils (make test "
+                                                          "installs them where it can: see Makefile)")
+def test_the_report_renders_every_arm_in_a_real_browser(two_arms, tmp_path):
+    out, _ = two_arms
+    pdf = tmp_path / "report.pdf"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    subprocess.run([CHROMIUM, *flags, "--no-pdf-header-footer", f"--print-to-pdf={pdf}",
+                    (out / "report.html").as_uri()], capture_output=True, timeout=120, check=True,
+                   env={**os.environ, "HOME": str(tmp_path)})
+    text = subprocess.run([PDFTOTEXT, "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    html = (out / "report.html").read_text()
+    assert "http://" not in html and "https://" not in html  # self-contained
+    for arm in ("lora", "full_st"):
+        assert f"{arm} gained" in text or f"{arm} lost" in text, arm  # the headline's verdict, as rendered
+    for heading in ("Headline", "E versus F", "Per task", "Answer kinds", "Samples that flipped", "Provenance"):
+        assert heading in text, heading
