@@ -20,6 +20,17 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "tasks-path", help="print the task folder, for `lmms-eval --include_path` (the always-working fallback)"
     ).set_defaults(func=lambda args: print(tasks_path()) or 0)
+    tasks_parser = commands.add_parser(
+        "tasks", help="every registered task: role, data source, primary metric, whether its data is there offline")
+
+    def list_tasks(args):
+        from forgetbench.compare.scores import TASK_METRICS
+        from forgetbench.suite import listing
+
+        return compare_cli.emit(listing.text(args.json, TASK_METRICS))
+
+    tasks_parser.add_argument("--json", action="store_true", help="print the list as JSON")
+    tasks_parser.set_defaults(func=list_tasks)
     commands.add_parser(
         "recipes-path", help="print the recipes folder, for `accelerate launch $(forgetbench recipes-path)/lora.py`"
     ).set_defaults(func=lambda args: print(recipes_path()) or 0)

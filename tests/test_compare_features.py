@@ -64,7 +64,13 @@ def test_flips_mcnemar_and_forgotten_file(tmp_path, dirs, capsys):
     assert rows[0] == {"method": "post", "task": "mmbench", "doc_id": "16", "input": "Question 16 of mmbench?",
                        "target": "t16", "pre_answer": "t16", "post_answer": "x"}
     assert sorted(p.name for p in out.iterdir()) == ["compare.csv", "compare.json", "compare.md", "ef.png",
-                                                      "ef.svg", "forgotten.csv"]
+                                                      "ef.svg", "forgotten.csv", "learned.csv"]
+    with open(out / "learned.csv", newline="") as fh:  # wrong -> right: chartqa docs 2..13, docvqa 4..7
+        learned = list(csv.DictReader(fh))
+    assert [(r["task"], int(r["doc_id"])) for r in learned] == [("chartqa", d) for d in range(2, 14)] + [
+        ("docvqa", d) for d in range(4, 8)]
+    assert learned[0] == {"method": "post", "task": "chartqa", "doc_id": "2", "input": "Question 2 of chartqa?",
+                          "target": "t2", "pre_answer": "x", "post_answer": "t2"}
     assert (out / "ef.png").read_bytes()[:4] == b"\x89PNG" and b"<svg" in (out / "ef.svg").read_bytes()
     md = (out / "compare.md").read_text()
     assert "| chartqa | downstream | exact_match | 10.00 | 70.00 | +60.00 |" in md

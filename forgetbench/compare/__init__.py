@@ -16,7 +16,8 @@ The Python API (what ``forgetbench study`` calls)::
     comparison.report["E"]; print(comparison.table()); comparison.write(json_path=Path("compare.json"))
 
 Modules: :mod:`.scores` (which metric, which scale), :mod:`.pairing` (reading runs, pairing checks),
-:mod:`.stats` (pure statistics), :mod:`.report` (the comparison), :mod:`.render` and :mod:`.plots` (outputs),
+:mod:`.stats` (pure statistics), :mod:`.corpus` (per-image CIDEr and MME scores, for their intervals),
+:mod:`.report` (the comparison), :mod:`.render` and :mod:`.plots` (outputs),
 :mod:`.cli` (``forgetbench compare``), :mod:`.stages` (``forgetbench stages``). See docs/metrics.md and
 docs/compare-schema.md.
 """

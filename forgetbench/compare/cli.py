@@ -95,7 +95,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_score_options(parser)
     parser.add_argument("--json", dest="json_path", metavar="FILE", help="also write the result as JSON to FILE")
     parser.add_argument("--out", metavar="DIR", help="write compare.json, compare.md, compare.csv, forgotten.csv, "
-                                                     "ef.png and ef.svg into DIR (created if needed)")
+                                                     "learned.csv, ef.png and ef.svg into DIR (created if needed)")
     parser.add_argument("--resamples", type=int, default=10000, metavar="B",
                         help="bootstrap resamples for the intervals; 0 turns them off (default: %(default)s)")
     parser.add_argument("--confidence", type=float, default=0.95, help="interval level (default: %(default)s)")

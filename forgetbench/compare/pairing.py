@@ -8,13 +8,20 @@ code decides on its fields, never on its message.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from forgetbench.checkpoint import MANIFEST_NAME, read_manifest, same_model
 from forgetbench.compare.errors import CompareError
+
+# Mismatch fields of settings (how documents were asked and answered), as opposed to which documents were scored.
+SETTING_FIELDS = frozenset({"model", "model-backend", "dtype", "model-args", "chat-template", "system-instruction",
+                            "fewshot-as-multiturn", "lmms-eval-version", "cli", "generation", "num-fewshot",
+                            "fewshot-seed", "task-config"})
 
 
 @dataclass(frozen=True)
@@ -22,7 +29,9 @@ class Mismatch:
     """One difference between the pre (or first) run and another run.
 
     ``field`` names what differs: ``tasks``, ``limit``, ``offset``, ``n-samples``, ``version``, ``sample-log``,
-    ``doc-ids``, ``asked``, ``base-model`` or ``common-samples``; ``pre`` and ``post`` are the two sides' values.
+    ``doc-ids``, ``asked``, ``base-model`` or ``common-samples`` (which documents were scored), ``lineage``
+    (``forgetbench stages``: a stage not tuned from the one before), or one of
+    :data:`SETTING_FIELDS` (how they were asked and answered); ``pre`` and ``post`` are the two sides' values.
     ``restrictable`` is False for a difference that comparing only the common samples cannot repair.
     ``message`` is the one-line text reported (``pairing.mismatches`` of compare.json).
     """
@@ -36,6 +45,16 @@ class Mismatch:
 
     def __str__(self) -> str:
         return self.message
+
+    def refusal(self) -> str:
+        """The one line ``forgetbench compare`` refuses with, saying what ``--allow-mismatch`` would do.
+
+        >>> Mismatch("limit", None, 5, "--post P: limit differs").refusal()
+        '--post P: limit differs (--allow-mismatch compares the common samples only)'
+        """
+        if self.field in SETTING_FIELDS:
+            return f"{self.message} (--allow-mismatch accepts it and lists it in the report)"
+        return f"{self.message} (--allow-mismatch compares the common samples only)"
 
 
 def find_results_file(path: Path, label: str) -> Path:
@@ -186,6 +205,190 @@ def run_mismatches(pre: dict, post: dict, tasks: list[str], pre_label: str, post
         if a != b:
             out.append(Mismatch("version", a, b, f"{post_label}: version of task '{task}' differs from "
                                                  f"{reference}: pre {a}; post {b}", task=task))
+    return out + setting_mismatches(pre, post, post_label, reference)
+
+
+# --------------------------------------------------------------------------
+# Settings: what the model was asked and how it answered (docs/metrics.md, "What pairing compares")
+# --------------------------------------------------------------------------
+
+# model_args keys that name the model (pre and post differ there by design; the manifest checks lineage) or
+# only place it: they never change an answer. Every other model argument must agree.
+IDENTITY_ARGS = frozenset({"pretrained", "adapter", "peft", "delta", "model", "model_name", "model_id",
+                           "model_version", "path", "engine", "revision"})
+PLACEMENT_ARGS = frozenset({"device", "device_map", "batch_size", "max_batch_size", "trust_remote_code",
+                            "cache_dir", "token", "num_processes", "parallelize"})
+DTYPE_ARGS = ("dtype", "torch_dtype")
+# lmms-eval CLI arguments (results.json config.resolved_cli_args) that change prompts, answers or scores.
+CLI_SETTINGS = {"apply_chat_template": "--apply_chat_template", "reasoning_tags": "--reasoning_tags",
+                "max_tokens": "--max_tokens (token budget)", "predict_only": "--predict_only",
+                "process_with_media": "--process_with_media", "repeats": "--repeats"}
+# Keys of configs[task] checked on their own (generation settings, few-shot count), or that change no answer
+# (names, the metadata forgetbench reads through scores.py, lmms-eval's per-sample statistics keys).
+CONFIG_SKIPPED = frozenset({"generation_kwargs", "num_fewshot", "task", "task_alias", "tag", "group",
+                            "group_alias", "metadata", "score_key", "cluster_key"})
+
+
+def show(value: object, width: int = 80) -> str:
+    """A setting's value in a refusal message: JSON, cut at ``width`` characters.
+
+    >>> show(0), show(True), show("llava_hf"), show(None)
+    ('0', 'true', '"llava_hf"', 'null')
+    """
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def model_args(run: dict) -> dict:
+    """``config.model_args`` (a ``k=v,k=v`` string or a mapping) as a mapping of strings.
+
+    >>> model_args({"config": {"model_args": "pretrained=/m,dtype=bfloat16"}})
+    {'pretrained': '/m', 'dtype': 'bfloat16'}
+    """
+    args = run["config"].get("model_args")
+    if isinstance(args, str):
+        return {k.strip(): v.strip() for k, _, v in (p.partition("=") for p in args.split(",") if "=" in p)}
+    return {str(k): str(v) for k, v in args.items()} if isinstance(args, dict) else {}
+
+
+def _typed(text: str) -> object:
+    """A ``--gen_kwargs`` value as lmms-eval's ``simple_parse_args_string`` types it."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def generation_settings(run: dict, task: str) -> dict | None:
+    """The generation settings ``task`` ran with: ``configs[task].generation_kwargs`` updated with lmms-eval's
+    ``--gen_kwargs`` (``config.gen_kwargs``), which lmms-eval applies to every ``generate_until`` task; None for
+    a task that does not generate.
+
+    >>> run = {"config": {"gen_kwargs": "temperature=1.5,do_sample=True"}, "configs": {"t": {
+    ...     "output_type": "generate_until", "generation_kwargs": {"max_new_tokens": 8, "temperature": 0}}}}
+    >>> generation_settings(run, "t")
+    {'max_new_tokens': 8, 'temperature': 1.5, 'do_sample': True}
+    """
+    config = run["configs"].get(task)
+    config = config if isinstance(config, dict) else {}
+    if "generate_until" not in str(config.get("output_type", "generate_until")):
+        return None
+    settings = dict(config["generation_kwargs"]) if isinstance(config.get("generation_kwargs"), dict) else {}
+    cli = run["config"].get("gen_kwargs")
+    if isinstance(cli, str):
+        cli = {k.strip(): _typed(v.strip()) for k, _, v in (p.partition("=") for p in cli.split(",") if "=" in p)}
+    settings.update(cli if isinstance(cli, dict) else {})
+    return settings
+
+
+def num_fewshot(run: dict, task: str) -> object:
+    """Few-shot examples of ``task``: ``n-shot[task]``, else ``configs[task].num_fewshot``."""
+    shots = run.get("n-shot")
+    if isinstance(shots, dict) and task in shots:
+        return shots[task]
+    config = run["configs"].get(task)
+    return config.get("num_fewshot") if isinstance(config, dict) else None
+
+
+def _sha(run: dict, key: str) -> str | None:
+    """``<key>_sha`` (what lmms-eval records beside the text), else a hash of ``<key>``, else None."""
+    sha, text = run.get(f"{key}_sha"), run.get(key)
+    if isinstance(sha, str) and sha:
+        return sha
+    return hashlib.sha256(text.encode()).hexdigest() if isinstance(text, str) and text else None
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+>")
+
+
+def _normalized(value: object) -> object:
+    """A task config value without the memory addresses lmms-eval prints for its ``!function`` hooks."""
+    if isinstance(value, str):
+        return _ADDRESS.sub(">", value)
+    if isinstance(value, dict):
+        return {k: _normalized(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalized(v) for v in value]
+    return value
+
+
+def _differences(a: dict, b: dict) -> list[str]:
+    """``KEY pre A; post B`` for every key whose value differs, in ``a``'s key order then ``b``'s."""
+    keys = list(a) + [k for k in b if k not in a]
+    return [f"{k} pre {show(a.get(k), 60)}; post {show(b.get(k), 60)}" for k in keys if a.get(k) != b.get(k)]
+
+
+def _run_settings(run: dict) -> list[tuple[str, str, object]]:
+    """``(field, what, value)`` of every run-level setting that changes answers."""
+    args = model_args(run)
+    dtype = next((args[k] for k in DTYPE_ARGS if k in args), None)
+    cli = run["config"].get("resolved_cli_args")
+    cli = cli if isinstance(cli, dict) else {}
+    out = [("model", "model wrapper (config.model)", run["config"].get("model")),
+           ("model-backend", "model class (config.model_backend)", run["config"].get("model_backend")),
+           ("dtype", "dtype (model_args)", dtype)]
+    out += [("model-args", f"model argument '{k}'", v) for k, v in args.items()
+            if k not in IDENTITY_ARGS | PLACEMENT_ARGS and k not in DTYPE_ARGS]
+    out += [("chat-template", "chat template (sha256)", _sha(run, "chat_template")),
+            ("system-instruction", "system instruction", run.get("system_instruction")),
+            ("fewshot-as-multiturn", "fewshot_as_multiturn", run.get("fewshot_as_multiturn")),
+            ("lmms-eval-version", "lmms-eval version", run.get("lmms_eval_version"))]
+    out += [("cli", f"lmms-eval {flag}", cli.get(key)) for key, flag in CLI_SETTINGS.items()]
+    return out
+
+
+def setting_mismatches(pre: dict, post: dict, label: str, reference: str = "--pre") -> list[Mismatch]:
+    """Differences in how the two runs asked and answered: the model wrapper and its arguments (dtype, ...), the
+    chat template, the system instruction, the lmms-eval version and answer-changing CLI arguments; per task,
+    the generation settings, the few-shot count (and seed) and the rest of the task config.
+
+    ``pretrained=`` (the model itself) is not compared: it differs by design, and :func:`manifest_mismatch`
+    checks the lineage.
+
+    >>> pre = {"config": {"model": "forgetbench", "model_args": "pretrained=/a"}, "configs": {}}
+    >>> post = {"config": {"model": "llava_hf", "model_args": "pretrained=/b,dtype=bfloat16"}, "configs": {}}
+    >>> print(*setting_mismatches(pre, post, "--post P"), sep="\\n")
+    --post P: model wrapper (config.model) differs from --pre: pre "forgetbench"; post "llava_hf"
+    --post P: dtype (model_args) differs from --pre: pre null; post "bfloat16"
+    """
+    out = []
+    settings = {(f, w): v for f, w, v in _run_settings(pre)}
+    theirs = {(f, w): v for f, w, v in _run_settings(post)}
+    for (field, what) in list(settings) + [k for k in theirs if k not in settings]:
+        a, b = settings.get((field, what)), theirs.get((field, what))
+        if a != b:
+            out.append(Mismatch(field, a, b, f"{label}: {what} differs from {reference}: pre {show(a)}; "
+                                             f"post {show(b)}"))
+    shared = [t for t in pre["configs"] if t in post["configs"]]
+    for task in shared:
+        a, b = generation_settings(pre, task), generation_settings(post, task)
+        if a != b:
+            found = _differences(a or {}, b or {}) or [f"pre {show(a)}; post {show(b)}"]
+            out.append(Mismatch("generation", a, b, f"{label}: generation settings of task '{task}' differ from "
+                                                    f"{reference}: {', '.join(found)}", task=task))
+        a, b = num_fewshot(pre, task), num_fewshot(post, task)
+        if a != b:
+            out.append(Mismatch("num-fewshot", a, b, f"{label}: few-shot examples of task '{task}' differ from "
+                                                     f"{reference}: pre {show(a)}; post {show(b)}", task=task))
+        elif isinstance(a, int) and a > 0:
+            seeds = [run["config"].get("fewshot_seed") for run in (pre, post)]
+            if seeds[0] != seeds[1]:
+                out.append(Mismatch("fewshot-seed", *seeds, f"{label}: few-shot seed differs from {reference} "
+                                                            f"(task '{task}' is {a}-shot): pre {show(seeds[0])}; "
+                                                            f"post {show(seeds[1])}", task=task))
+        configs = []
+        for run in (pre, post):
+            config = run["configs"][task]
+            configs.append({k: _normalized(v) for k, v in config.items() if k not in CONFIG_SKIPPED}
+                           if isinstance(config, dict) else {"(config)": config})
+        found = _differences(*configs)
+        if found:
+            out.append(Mismatch("task-config", *configs, f"{label}: config of task '{task}' differs from "
+                                                         f"{reference}: {', '.join(found)}", task=task))
     return out
 
 
@@ -198,13 +401,15 @@ class Sample:
     answer: object
     value: float | None  # None: the metric is not a per-sample number (e.g. MME's dicts)
     cluster: str | None
+    raw: object = None  # the logged metric value when it is not a number (a CIDEr or MME dict), else None
 
 
 def load_samples(run: dict, task: str, metric: str, cluster_key: str | None, label: str) -> dict[int, Sample] | None:
     """``{doc_id: Sample}`` from ``<date>_samples_<task>.jsonl`` beside the results file, or None if absent.
 
     ``metric`` is the bare metric name (per-sample values are logged under it). With ``cluster_key``, every
-    line must carry that field (the task's ``process_results`` returns it beside the metric).
+    line must carry that field (the task's ``process_results`` returns it beside the metric), or the metric's
+    logged dict must (lmms-eval's convention for dict-valued metrics).
     """
     file: Path = run["_file"]
     prefix = file.name[: -len("results.json")] if file.name.endswith("results.json") else None
@@ -242,13 +447,14 @@ def load_samples(run: dict, task: str, metric: str, cluster_key: str | None, lab
         numeric.add(is_number)
         cluster = None
         if cluster_key is not None:
-            cluster = row.get(cluster_key)
+            # forgetbench's convention: a top-level field; lmms-eval's: a field of a dict-valued metric
+            cluster = row.get(cluster_key, value.get(cluster_key) if isinstance(value, dict) else None)
             if not isinstance(cluster, (str, int)) or isinstance(cluster, bool):
                 raise CompareError(f"{where} line {number}: cluster key '{cluster_key}' is missing or not a "
                                    f"string/integer")
             cluster = str(cluster)
         samples[doc_id] = Sample(row["input"], row["target"], row.get("filtered_resps"),
-                                 float(value) if is_number else None, cluster)
+                                 float(value) if is_number else None, cluster, None if is_number else value)
     if len(numeric) > 1:
         raise CompareError(f"{where}: '{metric}' is a number in some lines and missing or not a number in others")
     effective = run["n-samples"].get(task, {}).get("effective") if isinstance(run["n-samples"].get(task), dict) \

@@ -6,6 +6,22 @@ import io
 from collections.abc import Mapping
 
 
+def label_rows(methods: Mapping[str, Mapping], near: float = 0.03) -> dict[str, int]:
+    """For each method, how many earlier methods sit within ``near`` of the axes' span from it: its label goes that
+    many lines higher, so labels of (nearly) coincident points never overprint.
+
+    >>> label_rows({"full": {"E": 50.0, "F": -10.0}, "full_st": {"E": 50.2, "F": -10.1}, "lora": {"E": 20.0, "F": 0.0}})
+    {'full': 0, 'full_st': 1, 'lora': 0}
+    """
+    es, fs = [m["E"] for m in methods.values()], [m["F"] for m in methods.values()]
+    span_e, span_f = (max(es) - min(es)) or 1.0, (max(fs) - min(fs)) or 1.0
+    rows: dict[str, int] = {}
+    for name, m in methods.items():
+        rows[name] = sum(1 for other in rows if abs(methods[other]["E"] - m["E"]) <= near * span_e
+                         and abs(methods[other]["F"] - m["F"]) <= near * span_f)
+    return rows
+
+
 def ef_plot(methods: Mapping[str, Mapping], front: list[str]) -> dict[str, bytes]:
     """``{"png": bytes, "svg": bytes}``: one point per method at (E, F) with interval whiskers; the Pareto front
     (higher E and higher F are better) is joined by a line and its points are filled.
@@ -18,6 +34,7 @@ def ef_plot(methods: Mapping[str, Mapping], front: list[str]) -> dict[str, bytes
 
     fig = Figure(figsize=(6, 4.5), layout="constrained")
     ax = fig.add_subplot()
+    stacked = label_rows(methods)
     for name, m in methods.items():
         e, f = m["E"], m["F"]
         # Whiskers only where an interval exists; errorbar wants distances below/above the point.
@@ -26,7 +43,7 @@ def ef_plot(methods: Mapping[str, Mapping], front: list[str]) -> dict[str, bytes
         on_front = name in front
         ax.errorbar([e], [f], xerr=xerr, yerr=yerr, fmt="o", capsize=3, color="C0" if on_front else "C7",
                     markerfacecolor="C0" if on_front else "white", zorder=3)
-        ax.annotate(name, (e, f), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.annotate(name, (e, f), textcoords="offset points", xytext=(5, 5 + 10 * stacked[name]), fontsize=8)
     if len(front) > 1:
         pts = sorted((methods[n]["E"], methods[n]["F"]) for n in front)
         ax.plot(*zip(*pts, strict=True), "--", color="C0", linewidth=1, label="Pareto front", zorder=2)

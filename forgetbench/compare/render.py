@@ -66,12 +66,29 @@ def _summary_grid(report: Mapping) -> list[tuple]:
     return rows
 
 
+def tolerated(report: Mapping) -> list[str]:
+    """The pairing differences ``--allow-mismatch`` tolerated, one line each (prefixed by the method's name when
+    there are several methods).
+
+    >>> tolerated({"name": "post", "pairing": {"mismatches": ["--post P: limit differs"]}})
+    ['--post P: limit differs']
+    """
+    many = "methods" in report
+    return [f"{name}: {m}" if many else m for name, method in methods_of(report).items()
+            for m in (method.get("pairing") or {}).get("mismatches", [])]
+
+
+def _tolerated_lines(report: Mapping) -> list[str]:
+    found = tolerated(report)
+    return ["", "Tolerated pairing differences (--allow-mismatch):", *(f"- {m}" for m in found)] if found else []
+
+
 def format_table(report: Mapping, relative: bool = False) -> str:
     """Plain-text table: one row per task (per method), then E, F, O (2 decimals) or, for many methods, one
-    summary row per method."""
+    summary row per method; then every pairing difference ``--allow-mismatch`` tolerated."""
     lines = outputs.text_grid(_task_grid(report, relative), 4 + ("methods" in report))
     if "methods" in report:
-        return "\n".join(lines + ["", *outputs.text_grid(_summary_grid(report), 1)])
+        return "\n".join(lines + ["", *outputs.text_grid(_summary_grid(report), 1)] + _tolerated_lines(report))
     conf = report.get("bootstrap", {}).get("confidence", 0.95)
     names = {"E": "E (specialization, mean downstream delta)", "F": "F (forgetting, mean upstream delta)      ",
              "O": "O (overall, E + F)                       "}
@@ -79,7 +96,7 @@ def format_table(report: Mapping, relative: bool = False) -> str:
     for k, text in names.items():
         ci = report.get(f"{k}_ci")
         lines.append(f"{text} = {report[k]:+.2f}" + (f"   {conf:.0%} CI {_ci(ci)}" if ci else ""))
-    return "\n".join(lines)
+    return "\n".join(lines + _tolerated_lines(report))
 
 
 def csv_records(report: Mapping) -> list[dict]:
@@ -100,16 +117,19 @@ def csv_records(report: Mapping) -> list[dict]:
 
 
 def markdown(report: Mapping, relative: bool = True) -> str:
-    """The Markdown report: a summary row per method, then every task."""
+    """The Markdown report: a summary row per method, then every task, then the tolerated pairing differences."""
     conf = report["bootstrap"]["confidence"]
+    found = tolerated(report)
+    differences = "".join(["\n## Tolerated pairing differences (--allow-mismatch)\n\n", *(f"- {m}\n" for m in found)])
     return (f"# forgetbench compare\n\nPoints on 0-100; CI = {conf:.0%} paired bootstrap interval "
             f"({report['bootstrap']['resamples']} resamples, seed {report['bootstrap']['seed']}); "
             f"F < 0 means the model forgot.\n\n" + outputs.markdown_table(_summary_grid(report), 1)
-            + "\n\n" + outputs.markdown_table(_task_grid(report, relative), 4 + ("methods" in report)) + "\n")
+            + "\n\n" + outputs.markdown_table(_task_grid(report, relative), 4 + ("methods" in report)) + "\n"
+            + (differences if found else ""))
 
 
 def render_files(report: Mapping, forgotten: list[dict], out: Path | None,
-                 json_path: Path | None) -> dict[Path, bytes]:
+                 json_path: Path | None, learned: list[dict] | None = None) -> dict[Path, bytes]:
     """Every output file's bytes, rendered before anything is written."""
     files = {}
     if json_path is not None:
@@ -120,6 +140,7 @@ def render_files(report: Mapping, forgotten: list[dict], out: Path | None,
         files[out / "compare.md"] = markdown(report).encode()
         files[out / "compare.csv"] = outputs.csv_bytes(csv_records(report), CSV_FIELDS)
         files[out / "forgotten.csv"] = outputs.csv_bytes(forgotten, FORGOTTEN_FIELDS)
+        files[out / "learned.csv"] = outputs.csv_bytes(learned or [], FORGOTTEN_FIELDS)
         for ext, data in ef_plot(methods, report.get("pareto", list(methods))).items():
             files[out / f"ef.{ext}"] = data
     return files

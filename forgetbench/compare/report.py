@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from forgetbench.compare import pairing, render, scores, stats
+from forgetbench.compare import corpus, pairing, render, scores, stats
 from forgetbench.compare.errors import CompareError
 
 SCHEMA = "forgetbench.compare/2"
@@ -100,6 +100,8 @@ class TaskRow:
     mcnemar: dict | None
     cluster_key: str | None
     relative: float | None
+    unit: str | None
+    clusters: int | None
 
 
 @dataclass
@@ -115,6 +117,8 @@ class TaskScore:
     flips: dict | None = None
     mcnemar: dict | None = None
     deviations: np.ndarray | None = None  # bootstrap deviations of the delta (points)
+    unit: str | None = None  # what the bootstrap resamples: document, cluster, image, image pair
+    clusters: int | None = None  # how many of them the paired documents hold
 
 
 def _answer(value) -> str:
@@ -132,6 +136,7 @@ class _Pair:
     name: str
     mismatches: list[pairing.Mismatch] = field(default_factory=list)
     forgotten: list[dict] = field(default_factory=list)
+    learned: list[dict] = field(default_factory=list)
     dropped: dict[str, dict] = field(default_factory=dict)
 
     def task(self, task: str, metric: str | None, scale: str | None, resamples: int, seed) -> TaskScore:
@@ -139,8 +144,7 @@ class _Pair:
         runs = ((self.pre, self.pre_label), (self.post, self.label))
         metric, scale, values = scores.paired_scores(runs, task, metric, scale)
         base = metric.split(",")[0]
-        key = scores.declared(self.pre, task, self.pre_label).get("cluster_key")
-        key = key if isinstance(key, str) else None
+        key = scores.cluster_key(self.pre, task, self.pre_label)
         out = TaskScore(metric, scale, tuple(stats.to_points(v, scale) for v in values), key)
         pre_s, post_s = (pairing.load_samples(run, task, base, key, label) for run, label in runs)
         if (pre_s is None) != (post_s is None):
@@ -168,21 +172,32 @@ class _Pair:
                 return out
             out.points = tuple(stats.to_points(float(np.mean(v)), scale) for v in vals)  # the common docs only
         out.n = len(common)
-        if not numeric:
+        factor = stats.scale_factor(scale)[0]
+        if not numeric:  # a corpus-level metric: intervals from its per-unit scores where this part knows them
+            units = corpus.units_of(base, [pre_s[d].raw for d in common], [post_s[d].raw for d in common]) \
+                if resamples and not lost else None
+            recomputed = units is not None and all(
+                abs(u - v) <= 1e-6 * max(1.0, abs(v)) for u, v in zip((units.pre_value, units.post_value), values,
+                                                                        strict=True))
+            if recomputed:  # the logs reproduce results.json: resample their units
+                out.unit, out.clusters = units.kind, len(units.pre)
+                out.deviations = stats.stratified_deviations(
+                    (units.post - units.pre) * factor, units.strata, resamples, np.random.default_rng(seed))
             return out
+        clusters = [pre_s[d].cluster for d in common] if key else None
+        out.unit, out.clusters = ("cluster", len(set(clusters))) if key else ("document", len(common))
         if resamples:
-            clusters = [pre_s[d].cluster for d in common] if key else None
-            factor = stats.scale_factor(scale)[0]
             out.deviations = stats.bootstrap_deviations(
                 (vals[1] - vals[0]) * factor, clusters, resamples, np.random.default_rng(seed))
         if all(np.isin(v, (0.0, 1.0)).all() for v in vals):
             out.flips = stats.flip_counts(*vals)
             out.mcnemar = stats.mcnemar_test(out.flips)
-            self.forgotten += [
-                {"method": self.name, "task": task, "doc_id": d, "input": _answer(pre_s[d].input),
-                 "target": _answer(pre_s[d].target), "pre_answer": _answer(pre_s[d].answer),
-                 "post_answer": _answer(post_s[d].answer)}
-                for d, a, b in zip(common, *vals, strict=True) if a == 1 and b == 0]
+            for kind, rows, before in (("forgotten", self.forgotten, 1), ("learned", self.learned, 0)):
+                rows += [
+                    {"method": self.name, "task": task, "doc_id": d, "input": _answer(pre_s[d].input),
+                     "target": _answer(pre_s[d].target), "pre_answer": _answer(pre_s[d].answer),
+                     "post_answer": _answer(post_s[d].answer), "kind": kind}
+                    for d, a, b in zip(common, *vals, strict=True) if a == before and b == 1 - before]
         return out
 
 
@@ -190,8 +205,9 @@ MANIFEST_KEYS = ("method", "base_model", "trainable_parameters", "seed", "steps"
 
 
 def compare_method(pre: dict, pre_label: str, name: str, post_path: str | Path, downstream: list[str],
-                   upstream: list[str], options: CompareOptions) -> tuple[dict, list[dict]]:
-    """The report of one post run against ``pre``, and its forgotten samples (rows of forgotten.csv)."""
+                   upstream: list[str], options: CompareOptions) -> tuple[dict, list[dict], list[dict]]:
+    """The report of one post run against ``pre``, its forgotten and its learned samples (rows of forgotten.csv
+    and learned.csv)."""
     label = f"--post {post_path}"
     pair = _Pair(pre, pre_label, pairing.load_run(Path(post_path), label), label, name)
     tasks = downstream + upstream
@@ -202,7 +218,7 @@ def compare_method(pre: dict, pre_label: str, name: str, post_path: str | Path, 
     scored = {task: pair.task(task, options.metrics.get(task), options.scales.get(task), options.resamples, seed)
               for task, seed in zip(tasks, seeds, strict=True)}
     if pair.mismatches and not options.allow_mismatch:
-        raise CompareError(pair.mismatches[0].message + " (--allow-mismatch compares the common samples only)")
+        raise CompareError(pair.mismatches[0].refusal())
     unrestricted = [m for m in pair.mismatches if not m.restrictable]
     if unrestricted:
         raise CompareError(unrestricted[0].message)
@@ -216,14 +232,15 @@ def compare_method(pre: dict, pre_label: str, name: str, post_path: str | Path, 
         ci = stats.interval(r["delta"], s.deviations, options.confidence) if s.deviations is not None else None
         report["tasks"][task] = asdict(TaskRow(
             metric=s.metric, **r, scale=s.scale, n=s.n, dropped=s.dropped, delta_ci=ci, flips=s.flips,
-            mcnemar=s.mcnemar, cluster_key=s.cluster_key, relative=stats.relative_change(r["pre"], r["post"])))
+            mcnemar=s.mcnemar, cluster_key=s.cluster_key, relative=stats.relative_change(r["pre"], r["post"]),
+            unit=s.unit, clusters=s.clusters))
     cis = stats.efo_intervals(report, deviations, options.confidence) if options.resamples else dict.fromkeys("EFO")
     report.update({f"{k}_ci": v for k, v in cis.items()})
     report.update(name=name, post=str(post_path),
                   trainable_parameters=manifest.get("trainable_parameters") if manifest else None,
                   manifest={k: manifest.get(k) for k in MANIFEST_KEYS} if manifest else None,
                   pairing={"mismatches": [m.message for m in pair.mismatches], "dropped": pair.dropped})
-    return report, pair.forgotten
+    return report, pair.forgotten, pair.learned
 
 
 # --------------------------------------------------------------------------
@@ -236,11 +253,13 @@ class Comparison:
 
     ``report`` is what compare.json holds (schema ``forgetbench.compare/2``, docs/compare-schema.md): one
     method's report at the top level for one post run, else ``methods`` and ``pareto``. ``forgotten`` are the
-    rows of forgotten.csv (right before, wrong after).
+    rows of forgotten.csv (right before, wrong after), ``learned`` those of learned.csv (wrong before, right
+    after), every method's, each row with ``kind`` "forgotten" or "learned".
     """
 
     report: dict
     forgotten: list[dict]
+    learned: list[dict] = field(default_factory=list)
 
     def table(self, relative: bool = False) -> str:
         """The plain-text table ``forgetbench compare`` prints (``relative``: add post/pre - 1 in %)."""
@@ -248,9 +267,10 @@ class Comparison:
 
     def write(self, out: Path | None = None, json_path: Path | None = None) -> None:
         """Write ``json_path`` (the report) and, into ``out`` (created if needed), compare.json, compare.md,
-        compare.csv, forgotten.csv, ef.png and ef.svg: all or nothing; an OSError is a CompareError."""
+        compare.csv, forgotten.csv, learned.csv, ef.png and ef.svg: all or nothing; an OSError is a
+        CompareError."""
         out, json_path = (Path(p) if p is not None else None for p in (out, json_path))
-        render.write_files(render.render_files(self.report, self.forgotten, out, json_path), out)
+        render.write_files(render.render_files(self.report, self.forgotten, out, json_path, self.learned), out)
 
 
 def compare_runs(pre: str | Path, posts: Sequence[tuple[str, str | Path]], downstream: Sequence[str],
@@ -274,13 +294,14 @@ def compare_runs(pre: str | Path, posts: Sequence[tuple[str, str | Path]], downs
     check_method_names([name for name, _ in posts])
     pre_label = f"--pre {pre}"
     pre_run = pairing.load_run(Path(pre), pre_label)
-    methods, forgotten = {}, []
+    methods, forgotten, learned = {}, [], []
     for name, path in posts:
-        methods[name], lost = compare_method(pre_run, pre_label, name, path, downstream, upstream, options)
+        methods[name], lost, gained = compare_method(pre_run, pre_label, name, path, downstream, upstream, options)
         forgotten += lost
+        learned += gained
     shared = {"schema": SCHEMA, "pre": str(pre),
               "bootstrap": {"resamples": options.resamples, "confidence": options.confidence, "seed": options.seed}}
     if len(methods) == 1:
-        return Comparison({**next(iter(methods.values())), **shared}, forgotten)
+        return Comparison({**next(iter(methods.values())), **shared}, forgotten, learned)
     front = stats.pareto_front({n: (m["E"], m["F"]) for n, m in methods.items()})
-    return Comparison({**shared, "methods": methods, "pareto": front}, forgotten)
+    return Comparison({**shared, "methods": methods, "pareto": front}, forgotten, learned)

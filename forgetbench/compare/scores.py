@@ -30,6 +30,38 @@ METRIC_SCALES: dict[str, str] = {
     "mme_cognition_score": "max:800",
 }
 
+# The documented primary metric of every task in the groups forgetbench_upstream and forgetbench_downstream
+# (tasks/groups/*.yaml) and of lmms-eval's other captioning tasks, read from lmms-eval 0.7.3's task YAMLs
+# (docs/metrics.md, "Primary metric of a task"). Needed because lmms-eval lists a captioning task's BLEU-4 first
+# (coco_Bleu_4 ... coco_CIDEr), so "the first higher-is-better metric" would be BLEU-4, of unknown scale.
+# forgetbench's own tasks also declare theirs in metadata.forgetbench (a test holds both in agreement).
+TASK_METRICS: dict[str, str] = {
+    # forgetbench_upstream
+    "ok_vqa_val2014": "exact_match",  # VQA accuracy, min(#annotators who gave the answer / 3, 1)
+    "gqa": "exact_match",
+    "textvqa_val": "exact_match",  # VQA accuracy, as OK-VQA
+    "forgetbench_ocrvqa": "exact_match",
+    "coco2017_cap_val": "coco_CIDEr",
+    "mme": "mme_perception_score",  # out of 2000; cognition (out of 800): --metric mme=mme_cognition_score
+    # forgetbench_downstream
+    "forgetbench_rsvqa_lr": "accuracy",
+    "forgetbench_rsvqa_hr": "accuracy",
+    "forgetbench_pathvqa": "accuracy",
+    "forgetbench_iconqa": "accuracy",
+    "scienceqa_img": "exact_match",
+    "flickr30k_test": "flickr_CIDEr",
+    # lmms-eval's other captioning tasks
+    "flickr30k_test_lite": "flickr_CIDEr",
+    "coco2014_cap_val": "coco_CIDEr",
+    "coco2017_cap_val_lite": "coco_CIDEr",
+    "coco_karpathy_val": "coco_CIDEr",
+    "coco_karpathy_test": "coco_CIDEr",
+    "nocaps_val": "nocaps_CIDEr",
+    "nocaps_val_lite": "nocaps_CIDEr",
+    "textcaps_val": "textcaps_CIDEr",
+    "textcaps_val_lite": "textcaps_CIDEr",
+}
+
 
 def declared(run: dict, task: str, label: str) -> dict:
     """``configs[task].metadata.forgetbench`` (forgetbench's own tasks), or {}.
@@ -50,9 +82,24 @@ def declared(run: dict, task: str, label: str) -> dict:
     return decl
 
 
+def cluster_key(run: dict, task: str, label: str) -> str | None:
+    """The field whose equal values make one cluster of ``task``'s documents: ``configs[task].cluster_key`` (the
+    top-level key lmms-eval 0.7.3 reads), else ``metadata.forgetbench.cluster_key`` (older forgetbench tasks).
+
+    >>> cluster_key({"configs": {"t": {"cluster_key": "image_id"}}}, "t", "X")
+    'image_id'
+    >>> cluster_key({"configs": {"t": {"metadata": {"forgetbench": {"cluster_key": "img"}}}}}, "t", "X")
+    'img'
+    """
+    config = run["configs"].get(task)
+    key = config.get("cluster_key") if isinstance(config, dict) else None
+    key = key if isinstance(key, str) and key else declared(run, task, label).get("cluster_key")
+    return key if isinstance(key, str) and key else None
+
+
 def primary_metric(run: dict, task: str, label: str, override: str | None = None) -> str:
-    """The metric that scores ``task``: ``override`` (``--metric``), else the
-    declared forgetbench primary metric, else the first of ``higher_is_better[task]``.
+    """The metric that scores ``task``: ``override`` (``--metric``), else the declared forgetbench primary
+    metric, else :data:`TASK_METRICS`, else the first of ``higher_is_better[task]``.
 
     >>> run = {"configs": {}, "higher_is_better": {"t": {"anls": True, "acc": True}}}
     >>> primary_metric(run, "t", "--pre X")
@@ -60,10 +107,14 @@ def primary_metric(run: dict, task: str, label: str, override: str | None = None
     >>> run["configs"]["t"] = {"metadata": {"forgetbench": {"primary_metric": "score"}}}
     >>> primary_metric(run, "t", "--pre X")
     'score'
+    >>> primary_metric({"configs": {}, "higher_is_better": {"coco2017_cap_val": {"coco_Bleu_4": True,
+    ...     "coco_CIDEr": True}}}, "coco2017_cap_val", "--pre X")
+    'coco_CIDEr'
     """
     hib = run["higher_is_better"].get(task)
     hib = hib if isinstance(hib, dict) else {}
-    metric = override or declared(run, task, label).get("primary_metric") or next(iter(hib), None)
+    metric = (override or declared(run, task, label).get("primary_metric") or TASK_METRICS.get(task)
+              or next(iter(hib), None))
     if not isinstance(metric, str):
         raise CompareError(f"{label}: task '{task}' declares no metric; pass --metric {task}=NAME")
     # A lower-is-better metric would flip the sign of E and F.

@@ -28,11 +28,16 @@ def stage_metrics(a: Sequence[Sequence[float]]) -> dict[str, float]:
     * MFN, final mean accuracy: mean_j a[T-1][j];
     * MAA, mean average accuracy: mean over stages i of mean_{j <= i} a[i][j];
     * BWT, backward transfer: mean_{j < T-1} (a[T-1][j] - a[j][j]) (negative = forgot);
-    * AF, average forgetting: mean_{j < T-1} (max_{i < T-1} a[i][j] - a[T-1][j]).
+    * AF, average forgetting: mean_{j < T-1} (max_{i < T-1} a[i][j] - a[T-1][j]), the forgetting measure of
+      Chaudhry et al. 2018 ("Riemannian Walk for Incremental Learning", ECCV) after the last stage, F_T =
+      mean_{j<T} f_j, f_j = max_{l<T} a_{l,j} - a_{T,j}: positive = forgot, negative when the final model beats
+      every earlier one on an old task (it is not clipped at 0).
 
     >>> a = [[80, 10, 20], [85, 70, 25], [50, 65, 90]]
     >>> {k: round(v, 4) for k, v in stage_metrics(a).items()}
     {'MFN': 68.3333, 'MAA': 75.2778, 'BWT': -17.5, 'AF': 20.0}
+    >>> stage_metrics([[40, 10], [75, 90]])["AF"]  # task 1 went up from 40 to 75: negative forgetting
+    -35.0
     """
     t = len(a)
     if t < 2 or any(len(row) != t for row in a):
@@ -51,10 +56,30 @@ def check_stage_tasks(tasks: Sequence[str]) -> None:
         raise CompareError("--stage: need at least 2 stages, each on a different task")
 
 
+def lineage_mismatches(tasks: Sequence[str], runs: Sequence[tuple[dict, str]]) -> list[pairing.Mismatch]:
+    """Stages whose checkpoint (its forgetbench manifest's ``base_model``/``base_model_path``) was not tuned from
+    the model the stage before evaluated. A stage without a manifest cannot be checked and is not refused."""
+    out = []
+    for i in range(1, len(runs)):
+        (previous, _), (run, label) = runs[i - 1], runs[i]
+        found = pairing.manifest_mismatch(previous, pairing.load_manifest(run, label), label)
+        if found is None:
+            continue
+        origin = "trained from scratch" if found.post is None else f"tuned from '{found.post}'"
+        out.append(pairing.Mismatch(
+            "lineage", found.pre, found.post,
+            f"{label}: stage {i + 1} ({tasks[i]}) is not tuned from stage {i} ({tasks[i - 1]}): its checkpoint was "
+            f"{origin}, but stage {i} evaluated '{found.pre}'", restrictable=False, task=tasks[i]))
+    return out
+
+
 def compare_stages(stages: Sequence[tuple[str, str | Path]], metrics: Mapping[str, str] | None = None,
-                   scales: Mapping[str, str] | None = None) -> dict:
+                   scales: Mapping[str, str] | None = None, allow_lineage_mismatch: bool = False) -> dict:
     """The stages report (schema ``forgetbench.stages/1``) of ``[(task stage i tuned on, its lmms-eval output)]``
-    in training order; ``metrics`` and ``scales`` override a task's metric and scale, as in compare."""
+    in training order; ``metrics`` and ``scales`` override a task's metric and scale, as in compare.
+
+    Stage i must be tuned from stage i-1 (checked through the checkpoints' manifests); with
+    ``allow_lineage_mismatch`` a stage that is not is accepted and listed under ``lineage_mismatches``."""
     tasks, dirs = [t for t, _ in stages], [d for _, d in stages]
     check_stage_tasks(tasks)
     metrics, scales = metrics or {}, scales or {}
@@ -67,13 +92,16 @@ def compare_stages(stages: Sequence[tuple[str, str | Path]], metrics: Mapping[st
         found = pairing.run_mismatches(runs[0][0], run, tasks, runs[0][1], label, reference="the first stage")
         if found:
             raise CompareError(found[0].message)
+    lineage = lineage_mismatches(tasks, runs)
+    if lineage and not allow_lineage_mismatch:
+        raise CompareError(f"{lineage[0].message} (--allow-lineage-mismatch accepts it)")
     columns, chosen = [], {}
     for task in tasks:
         chosen[task], scale, values = scores.paired_scores(runs, task, metrics.get(task), scales.get(task))
         columns.append([stats.to_points(v, scale) for v in values])
     matrix = [[columns[j][i] for j in range(len(tasks))] for i in range(len(tasks))]
     return {"schema": SCHEMA, "tasks": tasks, "runs": [str(d) for d in dirs], "metrics": chosen, "matrix": matrix,
-            **stage_metrics(matrix)}
+            **stage_metrics(matrix), "lineage_mismatches": [m.message for m in lineage]}
 
 
 def _grid(report: Mapping) -> list[tuple]:
@@ -87,7 +115,8 @@ def format_table(report: Mapping) -> str:
     """The accuracy matrix (rows: after each stage; columns: tasks), then the four summaries."""
     return "\n".join(outputs.text_grid(_grid(report), 1) + [
         "", f"MFN (final mean accuracy)   = {report['MFN']:.2f}", f"MAA (mean average accuracy) = {report['MAA']:.2f}",
-        f"BWT (backward transfer)     = {report['BWT']:+.2f}", f"AF (average forgetting)     = {report['AF']:.2f}"])
+        f"BWT (backward transfer)     = {report['BWT']:+.2f}", f"AF (average forgetting)     = {report['AF']:.2f}"]
+        + [f"accepted (--allow-lineage-mismatch): {m}" for m in report.get("lineage_mismatches", [])])
 
 
 def render_files(report: Mapping, out: Path | None, json_path: Path | None) -> dict[Path, bytes]:
@@ -117,6 +146,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     cli.add_score_options(parser)
     parser.add_argument("--json", dest="json_path", metavar="FILE", help="also write the result as JSON to FILE")
     parser.add_argument("--out", metavar="DIR", help="write stages.json, stages.md and stages.csv into DIR")
+    parser.add_argument("--allow-lineage-mismatch", action="store_true",
+                        help="accept a stage whose checkpoint (forgetbench manifest) was not tuned from the model the "
+                             "stage before evaluated; listed under lineage_mismatches")
 
 
 def _stages(args: argparse.Namespace) -> dict:
@@ -127,7 +159,7 @@ def _stages(args: argparse.Namespace) -> dict:
     check_stage_tasks(tasks)
     metrics = cli.assignments(args.metric, "--metric", tasks)
     scales = cli.assignments(args.metric_scale, "--metric-scale", tasks)
-    return compare_stages(list(zip(tasks, dirs, strict=True)), metrics, scales)
+    return compare_stages(list(zip(tasks, dirs, strict=True)), metrics, scales, args.allow_lineage_mismatch)
 
 
 def run(args: argparse.Namespace) -> int:
