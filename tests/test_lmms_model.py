@@ -91,3 +91,66 @@ def test_unknown_model_args_are_refused(lab_model):
 
     with pytest.raises(ValueError, match="unknown model_args: colour"):
         ImageTextModel(pretrained=str(lab_model), colour="red")
+
+
+def test_the_prefix_cache_gives_the_same_likelihoods_and_ranks_as_full_sequences(lab_model):
+    """Closed-set scoring from a cached image + question prefix equals scoring every choice in full."""
+    tasks = ["forgetbench_lab_shape_closed", "forgetbench_lab_digits_closed"]
+    cached = evaluate("forgetbench", f"pretrained={lab_model}", tasks, 4, 8)
+    full = evaluate("forgetbench", f"pretrained={lab_model},prefix_cache=False", tasks, 4, 8)
+    for task in tasks:
+        for a, b in zip(answers(cached, task), answers(full, task), strict=True):
+            nll_a, nll_b = [nll for nll, _ in a], [nll for nll, _ in b]
+            # Same maths, other kernels (a cached prefix): float32 rounding of sums over ~20-token rows.
+            assert nll_a == pytest.approx(nll_b, abs=1e-4)
+            assert sorted(range(len(nll_a)), key=nll_a.__getitem__) == sorted(range(len(nll_b)), key=nll_b.__getitem__)
+            assert [g for _, g in a] == [g for _, g in b]
+        assert cached["results"][task]["acc,none"] == full["results"][task]["acc,none"]
+
+
+def test_multi_token_choices_score_the_same_with_and_without_the_prefix_cache(lab_model):
+    """Continuations of several tokens (and one whose first token merges with the prompt, scored in full)."""
+    from lmms_eval.api.instance import Instance
+
+    from forgetbench.evaluate.model import ImageTextModel
+
+    cached = ImageTextModel(pretrained=str(lab_model), batch_size=4)
+    full = ImageTextModel(pretrained=str(lab_model), batch_size=4, prefix_cache="False")
+    from forgetbench.lab import data
+
+    doc = data.load("shape", "test")[0]
+    full.task_dict = cached.task_dict = {"t": {"test": [doc]}}
+
+    def visual(d):
+        return [d["image"].convert("RGB")]
+
+    choices = [" circle", " a red square", " triangle triangle", "cross", " 7 dots"]
+    requests = [Instance("loglikelihood", ("What shape is in the image?", c, visual, 0, "t", "test"), i,
+                         {"task": "t", "doc_id": 0, "repeats": 1}) for i, c in enumerate(choices)]
+    a = [r.text for r in cached.loglikelihood(requests)]
+    b = [r.text for r in full.loglikelihood(requests)]
+    assert [nll for nll, _ in a] == pytest.approx([nll for nll, _ in b], abs=1e-4)
+    assert [g for _, g in a] == [g for _, g in b]
+
+
+def test_an_out_of_memory_batch_is_split_and_later_batches_start_at_the_size_that_fit(lab_model, batch1,
+                                                                                       monkeypatch):
+    """``batch_size=auto`` starts at max_batch_size and halves on an out-of-memory error; answers do not change."""
+    from forgetbench.evaluate import model as wrapper
+
+    sizes = []
+    original = wrapper.ImageTextModel._generate_batch
+
+    def tight_memory(self, batch):
+        sizes.append(len(batch))
+        if len(batch) > 3:  # a GPU that fits 3 rows
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, batch)
+
+    monkeypatch.setattr(wrapper.ImageTextModel, "_generate_batch", tight_memory)
+    result = evaluate("forgetbench", f"pretrained={lab_model},max_batch_size=16", ["forgetbench_lab_color"], "auto",
+                      24)
+    assert answers(result, "forgetbench_lab_color") == answers(batch1, "forgetbench_lab_color")
+    fitted = [size for size in sizes if size <= 3]
+    assert sizes[0] == 16 and sum(fitted) == 24  # every document answered once, in batches that fit
+    assert sizes[-1] <= 2  # later batches start at the size that fit (16 -> 8 -> 4 -> 2)

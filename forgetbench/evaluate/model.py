@@ -37,6 +37,8 @@ class ImageTextModel(lmms):
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
         max_batch_size: int | None = None,
+        prefix_cache: bool | str = True,
+        device_map: str | None = None,
         **unknown,
     ) -> None:
         super().__init__()
@@ -64,16 +66,27 @@ class ImageTextModel(lmms):
             dtype=dtype if dtype == "auto" else getattr(torch, dtype),
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
+            # device_map=auto shards a model too large for one GPU over every visible GPU (and CPU memory).
+            **({"device_map": device_map} if device_map else {}),
         )
         if adapter:
             from peft import PeftModel
 
             # Merged for speed: the adapter's answers equal the merged checkpoint's (a test holds this).
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-        self.model = model.to(self._device).eval()
-        self.batch_size_per_gpu = int(batch_size)
+        if device_map:
+            self._device = next(model.parameters()).device  # inputs go where the first layers are
+            self.model = model.eval()
+        else:
+            self.model = model.to(self._device).eval()
+        # "auto": start at max_batch_size (64 unless given) and halve on an out-of-memory error; a fixed batch size
+        # also backs off that way, and later batches start at the size that fit.
+        auto = str(batch_size).startswith("auto")
+        self.batch_size_per_gpu = int(max_batch_size or 64) if auto else int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
         self.pretrained, self.adapter = pretrained, adapter
+        # lmms-eval passes model_args as strings: "False"/"false"/"0" turn the shared-prefix cache off.
+        self.prefix_cache = str(prefix_cache).lower() not in ("false", "0", "no")
 
     @property
     def batch_size(self) -> int:
@@ -116,65 +129,147 @@ class ImageTextModel(lmms):
             grouping=True,  # by gen_kwargs: one generate() call cannot mix them
         )
         answers = []
-        for batch in collator.get_batched(n=self.batch_size):
-            contexts, all_gen_kwargs, doc_to_visuals, doc_ids, tasks, splits = zip(*batch, strict=True)
-            gen_kwargs = dict(all_gen_kwargs[0])
-            until = gen_kwargs.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
-            visuals = [self._visuals(*args) for args in zip(doc_to_visuals, doc_ids, tasks, splits, strict=True)]
-            texts = [self.prompt(context, len(images)) for context, images in zip(contexts, visuals, strict=True)]
-            inputs = self._encode(texts, [image for images in visuals for image in images], "left")
-            temperature = float(gen_kwargs.get("temperature", 0) or 0)
-            generate_kwargs = {
-                "max_new_tokens": int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
-                "do_sample": temperature > 0,
-                "num_beams": int(gen_kwargs.get("num_beams", 1)),
-                "pad_token_id": self.tokenizer.pad_token_id,
-            }
-            if temperature > 0:
-                generate_kwargs.update(temperature=temperature, top_p=gen_kwargs.get("top_p"))
-            with torch.inference_mode():
-                output = self.model.generate(**inputs, **generate_kwargs)
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
-            for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
-                for stop in until:
-                    if stop and stop in text:
-                        text = text.split(stop, 1)[0]
-                answers.append(text)
+        # batch_fn is asked at every row: after a back-off, later batches are cut at the size that fit.
+        for batch in collator.get_batched(n=self.batch_size, batch_fn=lambda index, rows: self.batch_size):
+            answers += self._backing_off(list(batch), self._generate_batch)
         return collator.get_original(answers)
+
+    def _backing_off(self, rows: list, run) -> list:
+        """``run(rows)``, split in halves on an out-of-memory error (down to one row, which then raises)."""
+        try:
+            return run(rows)
+        except torch.OutOfMemoryError:
+            if len(rows) == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = len(rows) // 2
+            self.batch_size_per_gpu = min(self.batch_size_per_gpu, half)
+            return self._backing_off(rows[:half], run) + self._backing_off(rows[half:], run)
+
+    def _generate_batch(self, batch: list) -> list[str]:
+        answers = []
+        contexts, all_gen_kwargs, doc_to_visuals, doc_ids, tasks, splits = zip(*batch, strict=True)
+        gen_kwargs = dict(all_gen_kwargs[0])
+        until = gen_kwargs.pop("until", None) or []
+        until = [until] if isinstance(until, str) else list(until)
+        visuals = [self._visuals(*args) for args in zip(doc_to_visuals, doc_ids, tasks, splits, strict=True)]
+        texts = [self.prompt(context, len(images)) for context, images in zip(contexts, visuals, strict=True)]
+        inputs = self._encode(texts, [image for images in visuals for image in images], "left")
+        temperature = float(gen_kwargs.get("temperature", 0) or 0)
+        generate_kwargs = {
+            "max_new_tokens": int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
+            "do_sample": temperature > 0,
+            "num_beams": int(gen_kwargs.get("num_beams", 1)),
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if temperature > 0:
+            generate_kwargs.update(temperature=temperature, top_p=gen_kwargs.get("top_p"))
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, **generate_kwargs)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
+            for stop in until:
+                if stop and stop in text:
+                    text = text.split(stop, 1)[0]
+            answers.append(text)
+        return answers
 
     def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
         """Summed negative log-likelihood of each continuation given its context and images, and whether it is the
         greedy continuation. lmms-eval 0.7.3 picks the choice with the smallest value (``argmin``), so this is a
         loss; it travels inside ``GenerationResult`` because lmms-eval turns a bare ``(float, bool)`` into a string.
+
+        A closed-set task asks every choice of a document with the same context and images: with ``prefix_cache``
+        (the default) the image and question are encoded once and all choices are scored from the cached prefix
+        (past key values, choices batched); ``prefix_cache=False`` scores one full sequence per choice.
         """
-        results = []
         arguments = [request.args for request in requests]
-        for start in range(0, len(arguments), self.batch_size):
-            batch = arguments[start : start + self.batch_size]
-            prompts, fulls, n_continuation, images = [], [], [], []
-            for context, continuation, doc_to_visual, doc_id, task, split in batch:
-                visuals = self._visuals(doc_to_visual, doc_id, task, split)
-                prompt = self.prompt(context, len(visuals))
-                prompts.append(prompt)
-                fulls.append(prompt + continuation)
-                images.extend(visuals)
-                # Continuation tokens = tokens(prompt + continuation) - tokens(prompt), as lm-eval counts them.
-                n_prompt = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-                n_full = len(self.tokenizer(prompt + continuation, add_special_tokens=False)["input_ids"])
-                n_continuation.append(n_full - n_prompt)
-            inputs = self._encode(fulls, images, "right")
-            with torch.inference_mode():
-                logits = self.model(**inputs).logits.float()
-            log_probs = torch.log_softmax(logits, dim=-1)
-            lengths = inputs["attention_mask"].sum(dim=1)
-            for row, n in enumerate(n_continuation):
-                end = int(lengths[row])
-                targets = inputs["input_ids"][row, end - n : end]
-                predicted = log_probs[row, end - n - 1 : end - 1]
-                nll = -predicted.gather(-1, targets[:, None]).sum().item()
-                greedy = bool((predicted.argmax(dim=-1) == targets).all())
-                results.append(GenerationResult(text=(nll, greedy)))
+        results: list[GenerationResult | None] = [None] * len(arguments)
+        if self.prefix_cache:
+            groups: dict[tuple, list[int]] = {}
+            for index, (context, _continuation, _visual, doc_id, task, split) in enumerate(arguments):
+                groups.setdefault((task, split, doc_id, context), []).append(index)
+            for indexes in groups.values():
+                for index, result in zip(indexes, self._score_shared_prefix([arguments[i] for i in indexes]),
+                                         strict=True):
+                    results[index] = result
+        rest = [i for i, result in enumerate(results) if result is None]
+        for start in range(0, len(rest), self.batch_size):
+            batch = rest[start : start + self.batch_size]
+            for index, result in zip(batch, self._score_full([arguments[i] for i in batch]), strict=True):
+                results[index] = result
+        return results
+
+    def _continuation_ids(self, prompt: str, continuation: str) -> list[int] | None:
+        """The continuation's tokens when tokenizing prompt + continuation keeps the prompt's own tokens as its
+        prefix (the usual case); None when a merge crosses the boundary, so that choice is scored in full."""
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        full_ids = self.tokenizer(prompt + continuation, add_special_tokens=False)["input_ids"]
+        if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) == len(prompt_ids):
+            return None
+        return full_ids[len(prompt_ids) :]
+
+    def _score_shared_prefix(self, batch: list[tuple]) -> list[GenerationResult | None]:
+        context, _, doc_to_visual, doc_id, task, split = batch[0]
+        visuals = self._visuals(doc_to_visual, doc_id, task, split)
+        prompt = self.prompt(context, len(visuals))
+        continuations = [self._continuation_ids(prompt, args[1]) for args in batch]
+        scored = [i for i, ids in enumerate(continuations) if ids is not None]
+        if not scored:
+            return [None] * len(batch)
+        inputs = self._encode([prompt], visuals, "right")
+        with torch.inference_mode():
+            prefix = self.model(**inputs, use_cache=True)
+            first = torch.log_softmax(prefix.logits[0, -1].float(), dim=-1)
+            longest = max(len(continuations[i]) for i in scored)
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            ids = torch.full((len(scored), longest), pad, dtype=torch.long, device=self._device)
+            for row, i in enumerate(scored):
+                ids[row, : len(continuations[i])] = torch.tensor(continuations[i], device=self._device)
+            cache = prefix.past_key_values
+            cache.batch_repeat_interleave(len(scored))
+            prefix_length = inputs["input_ids"].shape[1]
+            # Right padding after each continuation only follows its real tokens, so causal attention keeps it
+            # from changing them; every position attends to the whole cached prefix.
+            attention = torch.ones((len(scored), prefix_length + longest), dtype=torch.long, device=self._device)
+            logits = self.model(input_ids=ids, attention_mask=attention, past_key_values=cache, use_cache=True).logits
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+        results: list[GenerationResult | None] = [None] * len(batch)
+        for row, i in enumerate(scored):
+            targets = ids[row, : len(continuations[i])]
+            # Token 0 is predicted by the prefix's last position, token j by continuation position j - 1.
+            predicted = torch.cat([first[None], log_probs[row, : len(targets) - 1]], dim=0)
+            nll = -predicted.gather(-1, targets[:, None]).sum().item()
+            greedy = bool((predicted.argmax(dim=-1) == targets).all())
+            results[i] = GenerationResult(text=(nll, greedy))
+        return results
+
+    def _score_full(self, batch: list[tuple]) -> list[GenerationResult]:
+        """One forward pass over prompt + continuation per request (batched, right padding)."""
+        results = []
+        fulls, n_continuation, images = [], [], []
+        for context, continuation, doc_to_visual, doc_id, task, split in batch:
+            visuals = self._visuals(doc_to_visual, doc_id, task, split)
+            prompt = self.prompt(context, len(visuals))
+            fulls.append(prompt + continuation)
+            images.extend(visuals)
+            # Continuation tokens = tokens(prompt + continuation) - tokens(prompt), as lm-eval counts them.
+            n_prompt = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            n_full = len(self.tokenizer(prompt + continuation, add_special_tokens=False)["input_ids"])
+            n_continuation.append(n_full - n_prompt)
+        inputs = self._encode(fulls, images, "right")
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits.float()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        lengths = inputs["attention_mask"].sum(dim=1)
+        for row, n in enumerate(n_continuation):
+            end = int(lengths[row])
+            targets = inputs["input_ids"][row, end - n : end]
+            predicted = log_probs[row, end - n - 1 : end - 1]
+            nll = -predicted.gather(-1, targets[:, None]).sum().item()
+            greedy = bool((predicted.argmax(dim=-1) == targets).all())
+            results.append(GenerationResult(text=(nll, greedy)))
         return results
 
     def generate_until_multi_round(self, requests) -> list[str]:

@@ -258,12 +258,11 @@ def baseline_key(plan: Plan) -> str:
     task_files = sorted((str(p.relative_to(tasks_path())), hashlib.sha256(p.read_bytes()).hexdigest())
                         for p in tasks_path().rglob("*") if p.is_file() and p.suffix != ".pyc")
     versions = library_versions()
-    try:
-        from importlib.metadata import version
+    # What lmms-eval itself records as its version (and compare pairs on): "branch@commit" of the git checkout
+    # that holds the installed package, so a venv inside a repository changes it at every commit.
+    from lmms_eval.utils import get_lmms_eval_version_string
 
-        versions["lmms_eval"] = version("lmms_eval")
-    except Exception:  # noqa: BLE001 - an lmms-eval without metadata still evaluates; the key just lacks it
-        versions["lmms_eval"] = None
+    versions["lmms_eval_recorded"] = get_lmms_eval_version_string()
     key = {"model": _fingerprint(resolve_model(plan.model)), "tasks": plan.tasks, "limit": plan.limit,
            "wrapper": "forgetbench", "device": plan.device, "batch_size": plan.batch_size,
            "num_processes": plan.num_processes, "task_files": task_files, "forgetbench": __version__,
