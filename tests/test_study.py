@@ -146,3 +146,31 @@ def test_the_report_renders_every_arm_in_a_real_browser(two_arms, tmp_path):
         assert f"{arm} gained" in text or f"{arm} lost" in text, arm  # the headline's verdict, as rendered
     for heading in ("Headline", "E versus F", "Per task", "Answer kinds", "Samples that flipped", "Provenance"):
         assert heading in text, heading
+
+
+def test_wise_ft_alphas_become_points_of_the_frontier_without_retraining(tmp_path, cache):
+    config = tmp_path / "study.yaml"
+    config.write_text("limit: 8\narms:\n  full_st: {recipe: full_st, args: --wise_alphas 0.5 --max_steps 4}\n")
+    out = tmp_path / "study"
+    run_command([str(BIN / "forgetbench"), "study", "--out", str(out), "--cache-dir", str(cache), "--config",
+                 str(config)])
+    report = json.loads((out / "compare.json").read_text())
+    assert list(report["methods"]) == ["full_st", "full_st@wise-0.5"]
+    steps = json.loads((out / "study.json").read_text())["steps"]
+    assert "eval/full_st@wise-0.5" in steps and "train/full_st@wise-0.5" not in steps  # evaluated, not trained
+    manifest = json.loads((out / "arms" / "full_st" / "wise-0.5" / "forgetbench_manifest.json").read_text())
+    assert manifest["base_model"] == "forgetbench-lab"
+
+
+def test_the_default_study_runs_the_arms_that_tell_the_story():
+    import argparse
+
+    from forgetbench.study import configure_parser, plan_from_args
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    plan = plan_from_args(parser.parse_args([]))
+    assert [(a.name, a.recipe) for a in plan.arms] == [("lora", "lora"), ("full_st", "full_st"),
+                                                       ("top_layers", "top_layers"), ("full_st+replay", "full_st")]
+    assert "--wise_alphas" in plan.arms[1].args and "--replay_ratio" in plan.arms[3].args
+    assert plan.model == "forgetbench-lab" and plan.limit is None

@@ -32,8 +32,15 @@ from forgetbench.checkpoint import LAB_MODEL_ALIAS, read_manifest, resolve_model
 from forgetbench.outputs import json_bytes, write_all_atomic
 
 STATE_NAME = "study.json"
-# The default lab study: a reparameterization arm, full selective tuning and a partial selective one.
-DEFAULT_ARMS = ("lora", "full_st", "top_layers")
+# The default lab study: a reparameterization arm, full selective tuning (with a WiSE-FT sweep between base and
+# tuned), a partial selective arm, and full selective tuning with 20 % replay of the upstream tasks.
+DEFAULT_ARMS = {
+    "lora": {"recipe": "lora"},
+    "full_st": {"recipe": "full_st", "args": ["--wise_alphas", "0.25,0.5,0.75"]},
+    "top_layers": {"recipe": "top_layers"},
+    "full_st+replay": {"recipe": "full_st", "args": [
+        "--replay_tasks", ",".join(suite.tasks_in_role("upstream", suite.lab.PREFIX)), "--replay_ratio", "0.2"]},
+}
 # Recipe config folder per model family, by a substring of the model's name (first match wins).
 CONFIG_FAMILIES = (("llava-onevision", "llava-onevision-0.5b"), ("qwen2.5-vl", "qwen2.5-vl-3b"),
                    ("qwen2-vl", "qwen2-vl-2b"), ("llava-1.5", "llava-1.5-7b"))
@@ -82,7 +89,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="start over, replacing what --out holds")
     parser.add_argument("--model", default=None, help="base model folder or hub id (default: the lab model)")
     parser.add_argument("--methods", default=None, metavar="RECIPE[,RECIPE...]",
-                        help=f"arms, one recipe each (default: {','.join(DEFAULT_ARMS)})")
+                        help=f"arms, one recipe each (default: {', '.join(DEFAULT_ARMS)})")
     parser.add_argument("--recipe", default=None, help="a single arm (same as --methods RECIPE)")
     parser.add_argument("--config", type=Path, default=None,
                         help="a study YAML (model, downstream, upstream, limit, arms), or, with --recipe, the "
@@ -162,8 +169,11 @@ def plan_from_args(args) -> Plan:
             raise StudyError(f"--config {args.config}: 'arms' must map arm names to {{recipe, config, args}}")
         specs = {name: spec or {} for name, spec in study_yaml["arms"].items()}
     else:
-        names = [args.recipe] if args.recipe else (args.methods.split(",") if args.methods else list(DEFAULT_ARMS))
-        specs = {name: ({"config": recipe_config} if recipe_config else {}) for name in names}
+        if args.recipe or args.methods:
+            names = [args.recipe] if args.recipe else args.methods.split(",")
+            specs = {name: ({"config": recipe_config} if recipe_config else {}) for name in names}
+        else:
+            specs = DEFAULT_ARMS
     arms = tuple(_arm(name, spec, model, recipe_args, f"--config {args.config}") for name, spec in specs.items())
     if any(arm.name in ("pre", "post") or "/" in arm.name for arm in arms):
         raise StudyError("arm names 'pre', 'post' and names with '/' are reserved")
@@ -316,12 +326,19 @@ def _train(arm: Arm, plan: Plan, state: State, env: dict) -> None:
     state.finish(step, seconds=seconds, command=command)
 
 
-def _evaluate_arm(arm: Arm, plan: Plan, state: State, env: dict) -> None:
-    step = f"eval/{arm.name}"
+def points_of(arm: Arm, out: Path) -> list[tuple[str, Path]]:
+    """The checkpoints an arm's training wrote, as (point name, folder): the arm's own, then one per WiSE-FT alpha
+    (``--wise_alphas``: ``<arm>@wise-<alpha>``), each a point of the E-versus-F frontier without retraining."""
+    folder = out / "arms" / arm.name
+    wise = ((read_manifest(folder) or {}).get("mitigations") or {}).get("wise") or {}
+    return [(arm.name, folder)] + [(f"{arm.name}@{name}", folder / name) for name in wise.get("folders", [])]
+
+
+def _evaluate_point(name: str, model_dir: Path, plan: Plan, state: State, env: dict) -> None:
+    step = f"eval/{name}"
     if state.done(step):
         return
-    seconds, command = _evaluate_into(step, str(state.out / "arms" / arm.name), state.out / "eval" / arm.name, plan,
-                                      state.out / "logs", env)
+    seconds, command = _evaluate_into(step, str(model_dir), state.out / "eval" / name, plan, state.out / "logs", env)
     state.finish(step, seconds=seconds, command=command)
 
 
@@ -335,20 +352,24 @@ def study(args) -> dict:
         env.setdefault("HF_DATASETS_OFFLINE", "1")
     from tqdm.auto import tqdm
 
-    steps = [("baseline", lambda: _baseline(plan, state, cache_root(args.cache_dir), env))]
-    for arm in plan.arms:
-        steps += [(f"train/{arm.name}", lambda arm=arm: _train(arm, plan, state, env)),
-                  (f"eval/{arm.name}", lambda arm=arm: _evaluate_arm(arm, plan, state, env))]
-    for name, step in tqdm(steps, desc="forgetbench study", unit="step", file=sys.stdout):
-        if state.done(name):
-            print(f"[{name}] already done (resumed from {state.file})", flush=True)
-        step()
+    def announce(step: str) -> None:
+        if state.done(step):
+            print(f"[{step}] already done (resumed from {state.file})", flush=True)
+
+    announce("baseline")
+    _baseline(plan, state, cache_root(args.cache_dir), env)
+    points = []
+    for arm in tqdm(plan.arms, desc="forgetbench study", unit="arm", file=sys.stdout):
+        announce(f"train/{arm.name}")
+        _train(arm, plan, state, env)
+        for name, folder in points_of(arm, out):
+            announce(f"eval/{name}")
+            _evaluate_point(name, folder, plan, state, env)
+            points.append((name, out / "eval" / name))
 
     start = time.perf_counter()
     try:
-        comparison = compare.compare_runs(out / "eval" / "pre", [(arm.name, out / "eval" / arm.name)
-                                                                 for arm in plan.arms],
-                                          list(plan.downstream), list(plan.upstream))
+        comparison = compare.compare_runs(out / "eval" / "pre", points, list(plan.downstream), list(plan.upstream))
         comparison.write(out=out)
     except compare.CompareError as exc:
         raise StudyError(f"compare refused the runs: {exc}") from None
@@ -357,9 +378,9 @@ def study(args) -> dict:
     from forgetbench.study.report import write_report
 
     start = time.perf_counter()
-    write_report(out, plan, state.data, comparison)
+    write_report(out, plan, state.data, comparison, [name for name, _ in points])
     state.finish("report", seconds=time.perf_counter() - start)
-    summary = [f"forgetbench study: {plan.model}, arms {', '.join(a.name for a in plan.arms)}", comparison.table(),
+    summary = [f"forgetbench study: {plan.model}, points {', '.join(name for name, _ in points)}", comparison.table(),
                "seconds: " + ", ".join(f"{k} {v.get('seconds') or 0:.0f}" for k, v in state.data["steps"].items())]
     write_all_atomic({out / "summary.txt": ("\n".join(summary) + "\n").encode()})
     print(comparison.table())

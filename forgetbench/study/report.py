@@ -99,11 +99,12 @@ def verdict(method: dict) -> str:
     return f"{gain}; {cost}, significant on {worse if method['F'] < 0 else better} of {len(upstream)} upstream tasks"
 
 
-def write_report(out: Path, plan, state: dict, comparison) -> Path:
+def write_report(out: Path, plan, state: dict, comparison, points: list[str]) -> Path:
+    """``points``: the compared checkpoints in order (each arm, then its WiSE-FT alphas), named as in compare."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     report = comparison.report
-    methods = report["methods"] if "methods" in report else {plan.arms[0].name: report}
+    methods = report["methods"] if "methods" in report else {points[0]: report}
     samples = []
     for row in comparison.forgotten + list(getattr(comparison, "learned", []) or []):
         kind = row.get("kind", "forgotten")
@@ -115,8 +116,7 @@ def write_report(out: Path, plan, state: dict, comparison) -> Path:
         labels = label_set(task)
         if labels:
             kinds.append({"task": task, "pre": answer_kinds(out / "eval" / "pre", task, labels),
-                          "arms": {arm.name: answer_kinds(out / "eval" / arm.name, task, labels)
-                                   for arm in plan.arms}})
+                          "arms": {name: answer_kinds(out / "eval" / name, task, labels) for name in points}})
     manifests = {arm.name: read_manifest(out / "arms" / arm.name) or {} for arm in plan.arms}
     plot = out / "ef.png"
     env = Environment(loader=PackageLoader("forgetbench.study", "templates"), autoescape=select_autoescape())

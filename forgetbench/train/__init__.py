@@ -25,7 +25,9 @@ def launch_command(recipe: str, config: str | Path, overrides: list[str] = (), n
     script = recipes_path() / f"{recipe}.py"
     if not script.is_file():
         raise RecipeError(f"--recipe {recipe}: no such recipe ({script})")
-    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
+    # --quiet: a failed recipe has already said why in one line; accelerate would add its CalledProcessError
+    # traceback (it exits 1 instead).
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--quiet"]
     if accelerate_config is not None:
         launcher += ["--config_file", str(accelerate_config)]
     else:
