@@ -190,10 +190,15 @@ class ImageTextModel(lmms):
             groups: dict[tuple, list[int]] = {}
             for index, (context, _continuation, _visual, doc_id, task, split) in enumerate(arguments):
                 groups.setdefault((task, split, doc_id, context), []).append(index)
-            for indexes in groups.values():
-                for index, result in zip(indexes, self._score_shared_prefix([arguments[i] for i in indexes]),
-                                         strict=True):
-                    results[index] = result
+            # Documents of one batch share a forward pass over their prefixes (and one over all their choices).
+            batches = list(groups.values())
+            per_pass = 1 if self._position_ids_are_3d else self.batch_size
+            for start in range(0, len(batches), per_pass):
+                chunk = batches[start : start + per_pass]
+                scored = self._score_shared_prefixes([[arguments[i] for i in indexes] for indexes in chunk])
+                for indexes, group_results in zip(chunk, scored, strict=True):
+                    for index, result in zip(indexes, group_results, strict=True):
+                        results[index] = result
         rest = [i for i, result in enumerate(results) if result is None]
         for start in range(0, len(rest), self.batch_size):
             batch = rest[start : start + self.batch_size]
@@ -210,39 +215,59 @@ class ImageTextModel(lmms):
             return None
         return full_ids[len(prompt_ids) :]
 
-    def _score_shared_prefix(self, batch: list[tuple]) -> list[GenerationResult | None]:
-        context, _, doc_to_visual, doc_id, task, split = batch[0]
-        visuals = self._visuals(doc_to_visual, doc_id, task, split)
-        prompt = self.prompt(context, len(visuals))
-        continuations = [self._continuation_ids(prompt, args[1]) for args in batch]
-        scored = [i for i, ids in enumerate(continuations) if ids is not None]
-        if not scored:
-            return [None] * len(batch)
-        inputs = self._encode([prompt], visuals, "right")
+    @property
+    def _position_ids_are_3d(self) -> bool:
+        """Qwen2-VL's M-RoPE positions (time, height, width) come from the model's own rope index: its prefixes are
+        scored one document at a time, without padding, and the model places the continuation itself."""
+        return hasattr(self.model, "model") and hasattr(self.model.model, "get_rope_index")
+
+    def _score_shared_prefixes(self, groups: list[list[tuple]]) -> list[list[GenerationResult | None]]:
+        """Score each group's choices (one group: one document's context and images) from its cached prefix.
+
+        The prefixes are encoded in one left-padded batch (positions count real tokens only), then every choice
+        of every group in one batch over the cached keys and values, each row reading its own group's prefix."""
+        prompts, images, continuations = [], [], []
+        for batch in groups:
+            context, _, doc_to_visual, doc_id, task, split = batch[0]
+            visuals = self._visuals(doc_to_visual, doc_id, task, split)
+            prompts.append(self.prompt(context, len(visuals)))
+            images.extend(visuals)
+            continuations.append([self._continuation_ids(prompts[-1], args[1]) for args in batch])
+        rows = [(g, i) for g, ids in enumerate(continuations) for i, c in enumerate(ids) if c is not None]
+        results: list[list[GenerationResult | None]] = [[None] * len(batch) for batch in groups]
+        if not rows:
+            return results
+        inputs = self._encode(prompts, images, "left")
+        mask = inputs["attention_mask"]
+        padded = len(groups) > 1 and not self._position_ids_are_3d
         with torch.inference_mode():
-            prefix = self.model(**inputs, use_cache=True)
-            first = torch.log_softmax(prefix.logits[0, -1].float(), dim=-1)
-            longest = max(len(continuations[i]) for i in scored)
+            positions = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if padded else {}
+            prefix = self.model(**inputs, **positions, use_cache=True)
+            first = torch.log_softmax(prefix.logits[:, -1].float(), dim=-1)
+            longest = max(len(continuations[g][i]) for g, i in rows)
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-            ids = torch.full((len(scored), longest), pad, dtype=torch.long, device=self._device)
-            for row, i in enumerate(scored):
-                ids[row, : len(continuations[i])] = torch.tensor(continuations[i], device=self._device)
+            ids = torch.full((len(rows), longest), pad, dtype=torch.long, device=self._device)
+            for row, (g, i) in enumerate(rows):
+                ids[row, : len(continuations[g][i])] = torch.tensor(continuations[g][i], device=self._device)
+            owner = torch.tensor([g for g, _ in rows], device=self._device)
             cache = prefix.past_key_values
-            cache.batch_repeat_interleave(len(scored))
-            prefix_length = inputs["input_ids"].shape[1]
+            cache.batch_select_indices(owner)  # one copy of its group's prefix per choice
             # Right padding after each continuation only follows its real tokens, so causal attention keeps it
-            # from changing them; every position attends to the whole cached prefix.
-            attention = torch.ones((len(scored), prefix_length + longest), dtype=torch.long, device=self._device)
-            logits = self.model(input_ids=ids, attention_mask=attention, past_key_values=cache, use_cache=True).logits
+            # from changing them.
+            attention = torch.cat([mask[owner], torch.ones_like(ids)], dim=1)
+            if padded:
+                start = mask.sum(dim=1)[owner, None]
+                positions = {"position_ids": start + torch.arange(longest, device=self._device)[None]}
+            logits = self.model(input_ids=ids, attention_mask=attention, past_key_values=cache, use_cache=True,
+                                **positions).logits
             log_probs = torch.log_softmax(logits.float(), dim=-1)
-        results: list[GenerationResult | None] = [None] * len(batch)
-        for row, i in enumerate(scored):
-            targets = ids[row, : len(continuations[i])]
+        for row, (g, i) in enumerate(rows):
+            targets = ids[row, : len(continuations[g][i])]
             # Token 0 is predicted by the prefix's last position, token j by continuation position j - 1.
-            predicted = torch.cat([first[None], log_probs[row, : len(targets) - 1]], dim=0)
+            predicted = torch.cat([first[g][None], log_probs[row, : len(targets) - 1]], dim=0)
             nll = -predicted.gather(-1, targets[:, None]).sum().item()
             greedy = bool((predicted.argmax(dim=-1) == targets).all())
-            results[i] = GenerationResult(text=(nll, greedy))
+            results[g][i] = GenerationResult(text=(nll, greedy))
         return results
 
     def _score_full(self, batch: list[tuple]) -> list[GenerationResult]:
