@@ -108,12 +108,14 @@ def test_the_prefix_cache_gives_the_same_likelihoods_and_ranks_as_full_sequences
         assert cached["results"][task]["acc,none"] == full["results"][task]["acc,none"]
 
 
-def test_multi_token_choices_score_the_same_with_and_without_the_prefix_cache(lab_model):
-    """Continuations of several tokens (and one whose first token merges with the prompt, scored in full)."""
+def test_multi_token_choices_score_the_same_with_and_without_the_prefix_cache(lab_model, monkeypatch):
+    """Continuations of several tokens (and one whose first token merges with the prompt, scored in full), over
+    several passes of choices."""
     from lmms_eval.api.instance import Instance
 
     from forgetbench.evaluate.model import ImageTextModel
 
+    monkeypatch.setattr(ImageTextModel, "CHOICES_PER_PASS", 2)
     cached = ImageTextModel(pretrained=str(lab_model), batch_size=4)
     full = ImageTextModel(pretrained=str(lab_model), batch_size=4, prefix_cache="False")
     from forgetbench.lab import data

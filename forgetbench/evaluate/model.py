@@ -15,6 +15,8 @@ which is also how TRL renders the training conversations.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from lmms_eval import utils
 from lmms_eval.api.instance import GenerationResult, Instance
@@ -25,6 +27,7 @@ MODEL_ID = "forgetbench"
 
 class ImageTextModel(lmms):
     is_simple = True
+    CHOICES_PER_PASS = 64  # closed-set choices scored in one forward pass over a cached prefix
 
     def __init__(
         self,
@@ -250,17 +253,23 @@ class ImageTextModel(lmms):
             for row, (g, i) in enumerate(rows):
                 ids[row, : len(continuations[g][i])] = torch.tensor(continuations[g][i], device=self._device)
             owner = torch.tensor([g for g, _ in rows], device=self._device)
-            cache = prefix.past_key_values
-            cache.batch_select_indices(owner)  # one copy of its group's prefix per choice
-            # Right padding after each continuation only follows its real tokens, so causal attention keeps it
-            # from changing them.
-            attention = torch.cat([mask[owner], torch.ones_like(ids)], dim=1)
-            if padded:
-                start = mask.sum(dim=1)[owner, None]
-                positions = {"position_ids": start + torch.arange(longest, device=self._device)[None]}
-            logits = self.model(input_ids=ids, attention_mask=attention, past_key_values=cache, use_cache=True,
-                                **positions).logits
-            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            log_probs = []
+            # Choices in chunks, each over its own copy of the rows' prefixes: a 100-way question with a long label
+            # list would otherwise copy its prefix's keys and values 100 times at once.
+            for start in range(0, len(rows), self.CHOICES_PER_PASS):
+                chunk = slice(start, start + self.CHOICES_PER_PASS)
+                cache = copy.deepcopy(prefix.past_key_values)
+                cache.batch_select_indices(owner[chunk])  # one copy of its group's prefix per choice
+                # Right padding after each continuation only follows its real tokens, so causal attention keeps it
+                # from changing them.
+                attention = torch.cat([mask[owner[chunk]], torch.ones_like(ids[chunk])], dim=1)
+                if padded:
+                    begin = mask.sum(dim=1)[owner[chunk], None]
+                    positions = {"position_ids": begin + torch.arange(longest, device=self._device)[None]}
+                logits = self.model(input_ids=ids[chunk], attention_mask=attention, past_key_values=cache,
+                                    use_cache=True, **positions).logits
+                log_probs.append(torch.log_softmax(logits.float(), dim=-1))
+            log_probs = torch.cat(log_probs)
         for row, (g, i) in enumerate(rows):
             targets = ids[row, : len(continuations[g][i])]
             # Token 0 is predicted by the prefix's last position, token j by continuation position j - 1.
