@@ -83,6 +83,8 @@ def write_model_folder(out_dir: str | Path, write) -> Path:
     try:
         write(staging)
         out_dir.mkdir(parents=True, exist_ok=True)
+        # An earlier manifest goes first: a move that fails half-way never leaves old proof beside new weights.
+        manifest_path(out_dir).unlink(missing_ok=True)
         items = sorted(staging.iterdir(), key=lambda item: item.name == MANIFEST_NAME)  # the manifest moves last
         for item in items:
             target = out_dir / item.name

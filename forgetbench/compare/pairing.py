@@ -142,6 +142,26 @@ def load_manifest(run: dict, label: str) -> dict | None:
     return manifest
 
 
+def load_unscorable(run: dict, label: str) -> dict[str, int] | None:
+    """Documents per task whose image ``--model forgetbench`` could not decode (answered without scoring), from
+    the ``unscorable*.json`` it writes (one per rank) beside the results folder; None when the run has none
+    (another wrapper, or an older forgetbench)."""
+    folder = run["_file"].parent
+    files = sorted(folder.glob("unscorable*.json")) or sorted(folder.parent.glob("unscorable*.json"))
+    if not files:
+        return None
+    counts: dict[str, int] = {}
+    for file in files:
+        try:
+            with open(file, encoding="utf-8") as fh:
+                items = json.load(fh)["items"]
+            for item in items:
+                counts[item["task"]] = counts.get(item["task"], 0) + 1
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CompareError(f"{label}: cannot read {file.name} ({type(exc).__name__}: {exc})") from None
+    return counts
+
+
 def manifest_mismatch(pre: dict, manifest: dict | None, label: str) -> Mismatch | None:
     """Why the checkpoint's base model is not the pre run's model, or None.
 

@@ -102,6 +102,7 @@ class TaskRow:
     relative: float | None
     unit: str | None
     clusters: int | None
+    unscorable: dict | None  # {pre, post}: documents whose image --model forgetbench could not decode
 
 
 @dataclass
@@ -213,6 +214,7 @@ def compare_method(pre: dict, pre_label: str, name: str, post_path: str | Path, 
     tasks = downstream + upstream
     pair.mismatches += pairing.run_mismatches(pre, pair.post, tasks, pre_label, label)
     manifest = pairing.load_manifest(pair.post, label)
+    unscorable = [pairing.load_unscorable(run, run_label) for run, run_label in ((pre, pre_label), (pair.post, label))]
     pair.mismatches += [m for m in [pairing.manifest_mismatch(pre, manifest, label)] if m]
     seeds = np.random.SeedSequence(options.seed).spawn(len(tasks))  # one stream per task: tasks independent
     scored = {task: pair.task(task, options.metrics.get(task), options.scales.get(task), options.resamples, seed)
@@ -233,7 +235,9 @@ def compare_method(pre: dict, pre_label: str, name: str, post_path: str | Path, 
         report["tasks"][task] = asdict(TaskRow(
             metric=s.metric, **r, scale=s.scale, n=s.n, dropped=s.dropped, delta_ci=ci, flips=s.flips,
             mcnemar=s.mcnemar, cluster_key=s.cluster_key, relative=stats.relative_change(r["pre"], r["post"]),
-            unit=s.unit, clusters=s.clusters))
+            unit=s.unit, clusters=s.clusters,
+            unscorable=None if unscorable == [None, None] else
+            {side: (counts or {}).get(task, 0) for side, counts in zip(("pre", "post"), unscorable, strict=True)}))
     cis = stats.efo_intervals(report, deviations, options.confidence) if options.resamples else dict.fromkeys("EFO")
     report.update({f"{k}_ci": v for k, v in cis.items()})
     report.update(name=name, post=str(post_path),

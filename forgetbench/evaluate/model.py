@@ -11,11 +11,24 @@ under ``accelerate launch``/``torchrun`` data parallelism (lmms-eval shards the 
 
 Prompts go through the processor's chat template as ``[{"type": "image"}, ..., {"type": "text", "text": context}]``,
 which is also how TRL renders the training conversations.
+
+A document whose image cannot be decoded is *unscorable*, never dropped and never fatal: it is answered ``""``
+(generation) or scored +inf for every choice (likelihood, so lmms-eval picks its first choice), a warning names
+the task and doc id, and every such item is listed in ``unscorable.json`` (``unscorable.rank<R>.json`` per rank
+under data parallelism) in lmms-eval's ``--output_path`` folder, or ``unscorable_dir=DIR``; ``forgetbench
+compare`` reports the counts per task (docs/faults.md). Weights load from safetensors only.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
 
 import torch
 from lmms_eval import utils
@@ -23,11 +36,27 @@ from lmms_eval.api.instance import GenerationResult, Instance
 from lmms_eval.api.model import lmms
 
 MODEL_ID = "forgetbench"
+UNSCORABLE_NAME = "unscorable.json"
+logger = logging.getLogger(__name__)
+
+
+class UnscorableImage(Exception):
+    """A request's document image cannot be decoded (recorded in :attr:`ImageTextModel.unscorable`)."""
+
+
+def _lmms_eval_output_path() -> Path | None:
+    """The ``--output_path`` folder of the lmms-eval command line this process runs, if it is one."""
+    argv = sys.argv
+    if "lmms_eval" not in argv[0].replace("-", "_") or "--output_path" not in argv[:-1]:
+        return None
+    path = Path(argv[argv.index("--output_path") + 1])
+    return path.parent if path.suffix in (".json", ".jsonl") else path
 
 
 class ImageTextModel(lmms):
     is_simple = True
     CHOICES_PER_PASS = 64  # closed-set choices scored in one forward pass over a cached prefix
+    UNSCORED = GenerationResult(text=(float("inf"), False))  # every choice of an unscorable document
 
     def __init__(
         self,
@@ -42,6 +71,7 @@ class ImageTextModel(lmms):
         max_batch_size: int | None = None,
         prefix_cache: bool | str = True,
         device_map: str | None = None,
+        unscorable_dir: str | None = None,
         **unknown,
     ) -> None:
         super().__init__()
@@ -69,11 +99,16 @@ class ImageTextModel(lmms):
             dtype=dtype if dtype == "auto" else getattr(torch, dtype),
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
+            use_safetensors=True,  # a pickled .bin checkpoint is refused
             # device_map=auto shards a model too large for one GPU over every visible GPU (and CPU memory).
             **({"device_map": device_map} if device_map else {}),
         )
         if adapter:
             from peft import PeftModel
+
+            if Path(adapter).is_dir() and not (Path(adapter) / "adapter_model.safetensors").is_file():
+                raise ValueError(f"--model {MODEL_ID}: adapter={adapter} has no adapter_model.safetensors "
+                                 "(weights load from safetensors only)")
 
             # Merged for speed: the adapter's answers equal the merged checkpoint's (a test holds this).
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
@@ -90,6 +125,11 @@ class ImageTextModel(lmms):
         self.pretrained, self.adapter = pretrained, adapter
         # lmms-eval passes model_args as strings: "False"/"false"/"0" turn the shared-prefix cache off.
         self.prefix_cache = str(prefix_cache).lower() not in ("false", "0", "no")
+        self.unscorable: dict[tuple, str] = {}  # (task, split, doc_id) -> why its image cannot be read
+        folder = Path(unscorable_dir) if unscorable_dir else _lmms_eval_output_path()
+        name = UNSCORABLE_NAME if self._world_size == 1 else f"unscorable.rank{self._rank}.json"
+        self.unscorable_file = folder / name if folder is not None else None
+        self._write_unscorable()  # at once: a stale file from an earlier run into the same folder is replaced
 
     @property
     def batch_size(self) -> int:
@@ -102,10 +142,77 @@ class ImageTextModel(lmms):
     # -- prompts -------------------------------------------------------------------------------------------------
 
     def _visuals(self, doc_to_visual, doc_id, task, split) -> list:
+        """The document's images; :class:`UnscorableImage` when one cannot be decoded (datasets decodes it when
+        the document is read, the task's ``doc_to_visual`` converts it)."""
         if doc_to_visual is None:
             return []
-        visuals = doc_to_visual(self.task_dict[task][split][doc_id])
-        return [visual for visual in (visuals or []) if visual is not None]
+        import warnings
+
+        from PIL import Image
+
+        try:
+            with warnings.catch_warnings():  # over PIL's limit is refused, as training refuses it (docs/faults.md)
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                visuals = [visual for visual in (doc_to_visual(self.task_dict[task][split][doc_id]) or [])
+                           if visual is not None]
+            empty = next((v for v in visuals if isinstance(v, Image.Image) and 0 in v.size), None)
+            if empty is not None:
+                raise ValueError(f"zero-size image ({empty.size[0]}x{empty.size[1]})")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            self._record_unscorable(task, split, doc_id, exc)
+            raise UnscorableImage(f"{task} doc {doc_id}") from None
+        return visuals
+
+    def _record_unscorable(self, task, split, doc_id, exc: BaseException) -> None:
+        key = (task, split, doc_id)
+        if key in self.unscorable:
+            return
+        # forgetbench's tasks say why (suite.images.UnreadableImage.reason); PIL names its file object, dropped
+        reason = getattr(exc, "reason", None) or re.sub(r" <[^>]*>", "", " ".join(f"{type(exc).__name__}: {exc}"
+                                                                                   .split()))
+        self.unscorable[key] = reason
+        logger.warning("forgetbench: task %s doc %s: its image cannot be read (%s); answered without scoring it "
+                       "(unscorable %d so far%s)", task, doc_id, reason, len(self.unscorable),
+                       f", listed in {self.unscorable_file}" if self.unscorable_file else "")
+        self._write_unscorable()
+
+    def _write_unscorable(self) -> None:
+        """``unscorable.json``, rewritten whole (temp file, then rename) at every new item."""
+        if self.unscorable_file is None:
+            return
+        items = [{"task": t, "split": s, "doc_id": d, "reason": r} for (t, s, d), r in self.unscorable.items()]
+        counts: dict[str, int] = {}
+        for item in items:
+            counts[item["task"]] = counts.get(item["task"], 0) + 1
+        data = {"schema": "forgetbench.unscorable/1", "pretrained": self.pretrained, "rank": self._rank,
+                "counts": counts, "items": items}
+        folder = self.unscorable_file.parent
+        tmp = None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.unscorable_file.name}.", suffix=".tmp", dir=folder)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(data, handle, indent=2)
+            os.replace(tmp, self.unscorable_file)
+        except OSError as exc:  # name the file asked for, not the temp file
+            raise OSError(exc.errno, exc.strerror, str(self.unscorable_file)) from exc
+        finally:
+            if tmp is not None and Path(tmp).exists():
+                Path(tmp).unlink()
+
+    def _each_readable(self, run, items: list, unscorable) -> list:
+        """``run(items)``; when an item's image cannot be read, each item on its own, and the unreadable ones
+        answered ``unscorable(item)`` (only a batch holding such an item pays for the split)."""
+        try:
+            return run(items)
+        except UnscorableImage:
+            out = []
+            for item in items:
+                try:
+                    out += run([item])
+                except UnscorableImage:
+                    out.append(unscorable(item))
+            return out
 
     def prompt(self, context: str, n_images: int) -> str:
         """The chat-formatted prompt for one request, ending where the model's answer starts."""
@@ -134,7 +241,8 @@ class ImageTextModel(lmms):
         answers = []
         # batch_fn is asked at every row: after a back-off, later batches are cut at the size that fit.
         for batch in collator.get_batched(n=self.batch_size, batch_fn=lambda index, rows: self.batch_size):
-            answers += self._backing_off(list(batch), self._generate_batch)
+            answers += self._backing_off(list(batch), lambda rows: self._each_readable(self._generate_batch, rows,
+                                                                                       lambda row: ""))
         return collator.get_original(answers)
 
     def _backing_off(self, rows: list, run) -> list:
@@ -198,14 +306,17 @@ class ImageTextModel(lmms):
             per_pass = 1 if self._position_ids_are_3d else self.batch_size
             for start in range(0, len(batches), per_pass):
                 chunk = batches[start : start + per_pass]
-                scored = self._score_shared_prefixes([[arguments[i] for i in indexes] for indexes in chunk])
+                scored = self._each_readable(self._score_shared_prefixes,
+                                             [[arguments[i] for i in indexes] for indexes in chunk],
+                                             lambda group: [self.UNSCORED] * len(group))
                 for indexes, group_results in zip(chunk, scored, strict=True):
                     for index, result in zip(indexes, group_results, strict=True):
                         results[index] = result
         rest = [i for i, result in enumerate(results) if result is None]
         for start in range(0, len(rest), self.batch_size):
             batch = rest[start : start + self.batch_size]
-            for index, result in zip(batch, self._score_full([arguments[i] for i in batch]), strict=True):
+            scored = self._each_readable(self._score_full, [arguments[i] for i in batch], lambda args: self.UNSCORED)
+            for index, result in zip(batch, scored, strict=True):
                 results[index] = result
         return results
 

@@ -394,5 +394,10 @@ def run(args: argparse.Namespace) -> int:
     except (StudyError, train.RecipeError) as exc:
         print(f"forgetbench study: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, no permission: every state file is written all-or-nothing, so the last
+        # finished step is intact and a rerun resumes from it
+        print(f"forgetbench study: error: {exc.filename or 'a file'}: {exc.strerror or exc} (the steps finished so "
+              "far are kept; rerun to continue)", file=sys.stderr)
+        return 2
     return 0
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgetbench.suite import lab
+from forgetbench.suite import images, lab
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def load_split(task_name: str, split: str, data_files: str | dict | None = None)
     task = _task(task_name)
     if data_files is not None:
         files = data_files if isinstance(data_files, dict) else {split: str(data_files)}
-        dataset = datasets.load_dataset("parquet", data_files=files, split=split)
+        with images.quiet_progress():  # a local copy reads in seconds; its bar would be the only line before an error
+            dataset = datasets.load_dataset("parquet", data_files=files, split=split)
     elif task.train_source:
         hub_id, hub_split, _ = task.train_source
         dataset = datasets.load_dataset(hub_id, split=hub_split or split)
@@ -102,16 +104,21 @@ def load_split(task_name: str, split: str, data_files: str | dict | None = None)
     return process_docs(dataset) if process_docs else dataset
 
 
-def train_conversations(task_name: str, split: str = "train", data_files: str | dict | None = None):
+def train_conversations(task_name: str, split: str = "train", data_files: str | dict | None = None,
+                        on_bad_rows: Callable[[images.UnreadableRows], None] | None = None):
     """A suite task's ``split`` as TRL vision-language SFT rows (``images``, ``messages``), asked with the very
     prompt its evaluation uses. ``data_files``: a local parquet copy (see :func:`load_split`).
+
+    Every row's images are read and converted first (``common.rgb``, as evaluation converts them): rows whose
+    images cannot be read raise one :class:`~forgetbench.suite.images.UnreadableRows` naming the split, the rows
+    and the count; with ``on_bad_rows``, they are handed to it and left out instead.
 
     Tasks: the keys of :data:`TASKS` (forgetbench's own, plus ``scienceqa_img`` and ``flickr30k_test``, whose
     train splits come from the hub copies named in ``forgetbench.suite.reused``).
     """
     task = _task(task_name)
-    dataset = load_split(task_name, split, data_files)
     example = getattr(_module(task), task.example)
+    dataset = images.readable(load_split(task_name, split, data_files), example, split, on_bad_rows)
     return dataset.map(example, remove_columns=dataset.column_names)
 
 

@@ -7,11 +7,38 @@ from PIL import Image
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 
 
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
 def rgb(image) -> Image.Image:
-    """A PIL image in RGB; a path (str) is opened first (the RSVQA converter stores paths, not copies)."""
-    if isinstance(image, str):
-        with Image.open(image) as opened:
-            return opened.convert("RGB")
+    """A PIL image in RGB: the one conversion training rows and evaluation documents go through.
+
+    ``image`` is a PIL image, a path (the RSVQA converter stores paths, not copies), datasets' undecoded
+    ``{"bytes", "path"}`` or bytes (:func:`forgetbench.suite.images.open_image`, which raises
+    :class:`~forgetbench.suite.images.UnreadableImage` for what cannot be read). The rules (docs/faults.md):
+    16-bit (and 32-bit integer) grayscale keeps its top 8 bits of the 16-bit range; transparency (alpha, or a
+    palette's transparent colour) is composited on white, where ``convert("RGB")`` would show whatever colour the
+    transparent pixels hold; CMYK, palette, grayscale and the rest convert as PIL does; any size from 1x1 is kept
+    (the processor resizes).
+
+    >>> rgb(Image.new("I;16", (1, 1), 65535)).getpixel((0, 0)), rgb(Image.new("LA", (1, 1), (0, 0))).getpixel((0, 0))
+    ((255, 255, 255), (255, 255, 255))
+    """
+    from forgetbench.suite.images import check_size, open_image
+
+    if isinstance(image, Image.Image):
+        check_size(image)
+    else:
+        image = open_image(image)
+    if image.mode in SIXTEEN_BIT_MODES:
+        import numpy as np
+
+        top = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(top).convert("RGB")
+    if image.mode in ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image).convert("RGB")
     return image.convert("RGB")
 
 

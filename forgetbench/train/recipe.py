@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from forgetbench.checkpoint import library_versions, resolve_model
-from forgetbench.train.data import load_sft_dataset
+from forgetbench.train.data import load_sft_dataset, with_replay
 from forgetbench.train.save import gather_for_merge, gathered_dir, last_complete_checkpoint, save_checkpoint, sharded
 
 # bitsandbytes quantizes 4-bit weights in blocks of 64 values along a linear layer's input; its AVX-512 CPU path
@@ -45,6 +45,37 @@ class ForgetbenchArguments:
     data_files: str | None = field(
         default=None,
         metadata={"help": "a local parquet copy of a suite task's split, read instead of the hub (air-gapped)"},
+    )
+    probe_every: int | None = field(
+        default=None, metadata={"help": "forgetting probe: score the probe tasks every N steps (docs/recipes.md)"}
+    )
+    probe_limit: int = field(default=32, metadata={"help": "forgetting probe: documents per task"})
+    probe_tasks: str | None = field(
+        default=None, metadata={"help": "forgetting probe: upstream tasks a,b (default: the dataset task's family's)"}
+    )
+    forgetting_budget: float | None = field(
+        default=None, metadata={"help": "stop when F is below -P points with 95%% confidence; keep the last state "
+                                        "within budget (turns the probe on)"}
+    )
+    # Mitigations of forgetting (docs/mitigations.md; checked by forgetbench.train.mitigations.plan_mitigations).
+    replay_tasks: str | None = field(
+        default=None, metadata={"help": "replay: registered tasks a,b whose train rows are mixed into the data"}
+    )
+    replay_ratio: float | None = field(
+        default=None, metadata={"help": "replay: the share of replay rows in the training stream, in (0, 1)"}
+    )
+    kl_weight: float | None = field(
+        default=None, metadata={"help": "anchor: weight of KL(base || tuned) on the answer tokens (LwF); 0 logs it"}
+    )
+    l2sp_weight: float | None = field(
+        default=None, metadata={"help": "anchor: weight of ||theta - theta_0||^2 over trainable parameters (L2-SP)"}
+    )
+    wise_alphas: str | None = field(
+        default=None, metadata={"help": "WiSE-FT: alphas a,b in [0, 1]; writes OUTPUT_DIR/wise-<alpha>/ checkpoints"}
+    )
+    skip_bad_rows: bool = field(
+        default=False, metadata={"help": "train without the rows whose images cannot be read (refused otherwise); "
+                                         "the manifest records them under skipped_rows"}
     )
 
 
@@ -119,9 +150,13 @@ def load_model(model_path: str, method, model_args, training_args):
     from forgetbench.train.methods import quantization_config
 
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    kwargs = {"dtype": dtype or "auto"}
+    from forgetbench.train.checks import trusts_remote_code
+
+    # Weights load from safetensors only (a pickled .bin is refused); remote code runs only when asked.
+    remote = trusts_remote_code(training_args, model_args)
+    kwargs = {"dtype": dtype or "auto", "use_safetensors": True, "trust_remote_code": remote}
     if method.quantize_4bit:
-        config = AutoConfig.from_pretrained(model_path)
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=remote)
         compute = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
         kwargs["quantization_config"] = quantization_config(method, config.architectures[0], model_args, compute)
         if torch.cuda.is_available():  # bitsandbytes places each process's copy on its own GPU
@@ -132,10 +167,11 @@ def load_model(model_path: str, method, model_args, training_args):
 
 
 def run_recipe(script_args, training_args, model_args, forgetbench_args: ForgetbenchArguments,
-               callbacks: Sequence = ()) -> Path:
+               callbacks: Sequence = (), on_checked: Callable[[], None] | None = None) -> Path:
     """Fine-tune ``model_args.model_name_or_path`` with one method on one dataset; returns the checkpoint folder.
 
-    ``callbacks``: extra ``TrainerCallback`` objects, after forgetbench's own divergence guard."""
+    ``callbacks``: extra ``TrainerCallback`` objects, after forgetbench's own divergence guard. ``on_checked``:
+    called once everything that needs no model has been checked, right before the model loads."""
     from transformers import AutoProcessor, set_seed
     from trl import SFTTrainer
 
@@ -148,35 +184,67 @@ def run_recipe(script_args, training_args, model_args, forgetbench_args: Forgetb
         method = get_method(forgetbench_args.method)
     except MethodError as exc:
         raise RecipeError(f"--method: {exc}") from None
+    from forgetbench.train.mitigations import anchored_trainer, manifest_entry, plan_mitigations, write_wise_checkpoints
+
+    mitigations = plan_mitigations(forgetbench_args, method, script_args.dataset_name)
     resume = _resume_target(training_args)
+    from forgetbench.train.probe import forgetting_probe
+
+    probe = forgetting_probe(forgetbench_args, script_args.dataset_name, resume)  # None when off
+    # Everything that needs no model is checked before one loads (docs/faults.md): values, the model's config,
+    # the training rows and every image in them.
+    from forgetbench.suite.images import UnreadableRows
+    from forgetbench.train.checks import check_model_config, check_values, one_line, trusts_remote_code, unwritten
+
+    check_values(script_args, training_args, model_args, forgetbench_args)
+    model_path = resolve_model(model_args.model_name_or_path)
+    remote_code = trusts_remote_code(training_args, model_args)
+    check_model_config(model_path, model_args, method, forgetbench_args, remote_code)
+    check_quantizable(model_path, method, f"--model_name_or_path {model_args.model_name_or_path}")
+    skipped: list[UnreadableRows] = []
+    try:
+        train = load_sft_dataset(script_args.dataset_name, script_args.dataset_train_split,
+                                 script_args.dataset_config, forgetbench_args.data_files,
+                                 on_bad_rows=skipped.append if forgetbench_args.skip_bad_rows else None)
+    except UnreadableRows as exc:
+        raise RecipeError(f"--dataset_name {script_args.dataset_name}: {exc}; pass --skip_bad_rows to train "
+                          "without them") from None
+    except Exception as exc:  # datasets raises many kinds; the user needs to know which input was wrong
+        raise RecipeError(f"--dataset_name {script_args.dataset_name}: cannot load "
+                          f"(split {script_args.dataset_train_split}): {type(exc).__name__}: {one_line(exc)}") from None
+    if forgetbench_args.max_train_samples is not None:
+        keep = min(forgetbench_args.max_train_samples, len(train))
+        train = train.shuffle(seed=training_args.seed).select(range(keep))
+    replay_rows = None
+    if mitigations.replay_tasks:
+        try:
+            train, replay_rows = with_replay(train, mitigations.replay_tasks, mitigations.replay_ratio,
+                                             training_args.seed)
+        except ValueError as exc:
+            raise RecipeError(f"--replay_tasks {exc}") from None
+    if on_checked is not None:
+        on_checked()
+
     # The Trainer's default filter replaces a NaN/inf loss by the running mean in the logs, hiding divergence.
     training_args.logging_nan_inf_filter = False
     set_seed(training_args.seed)
-    model_path = resolve_model(model_args.model_name_or_path)
     try:
-        check_quantizable(model_path, method, f"--model_name_or_path {model_args.model_name_or_path}")
-        processor = AutoProcessor.from_pretrained(model_path)
+        processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=remote_code)
         model, dtype = load_model(model_path, method, model_args, training_args)
-    except OSError as exc:
-        raise RecipeError(f"--model_name_or_path {model_args.model_name_or_path}: cannot load ({exc})") from None
+    except (OSError, ValueError) as exc:  # huggingface_hub's HFValidationError is a ValueError
+        raise RecipeError(f"--model_name_or_path {model_args.model_name_or_path}: cannot load "
+                          f"({one_line(exc)})") from None
     try:
         peft_config = prepare(model, method, model_args, forgetbench_args)
     except (MethodError, ValueError) as exc:
         raise RecipeError(str(exc)) from None
 
-    try:
-        train = load_sft_dataset(script_args.dataset_name, script_args.dataset_train_split,
-                                 script_args.dataset_config, forgetbench_args.data_files)
-    except Exception as exc:  # datasets raises many kinds; the user needs to know which input was wrong
-        raise RecipeError(f"--dataset_name {script_args.dataset_name}: cannot load "
-                          f"(split {script_args.dataset_train_split}): {type(exc).__name__}: {exc}") from None
-    if forgetbench_args.max_train_samples is not None:
-        keep = min(forgetbench_args.max_train_samples, len(train))
-        train = train.shuffle(seed=training_args.seed).select(range(keep))
-
     guard = DivergenceGuard()
-    trainer = SFTTrainer(model=model, args=training_args, train_dataset=train, processing_class=processor,
-                         peft_config=peft_config, callbacks=[guard, *callbacks])
+    trainer_class = anchored_trainer(mitigations) if mitigations.anchored else SFTTrainer
+    trainer = trainer_class(model=model, args=training_args, train_dataset=train, processing_class=processor,
+                            peft_config=peft_config, callbacks=[guard, *callbacks, *([probe] if probe else [])])
+    if probe:
+        probe.trainer = trainer  # it logs through the trainer
     trained_parts = parts_trained(trainer.model)
     trainer.train(resume_from_checkpoint=resume)
     out_dir = Path(training_args.output_dir)
@@ -211,6 +279,9 @@ def run_recipe(script_args, training_args, model_args, forgetbench_args: Forgetb
                       method.mergeable else "adapter merged into a full-precision reload of the base" if
                       method.quantize_4bit else "in memory" if peft_config is not None else "not needed"),
             "data": {"dataset": script_args.dataset_name, "split": script_args.dataset_train_split, "rows": len(train)},
+            "skipped_rows": skipped[0].manifest_entry() if skipped else None,
+            "trust_remote_code": remote_code,
+            "mitigations": manifest_entry(mitigations, trainer, replay_rows),
             "seed": training_args.seed,
             "steps": trainer.state.global_step,
             "final_train_loss": next(
@@ -222,10 +293,23 @@ def run_recipe(script_args, training_args, model_args, forgetbench_args: Forgetb
             ),
             "versions": library_versions(),
         }
+        if probe:
+            manifest["probe"] = probe.manifest_entry()
         if method.quantize_4bit:
             manifest["merge_dtype"] = None if dtype in (None, "auto") else str(dtype).removeprefix("torch.")
-        save_checkpoint(model, processor, out_dir, manifest,
-                        merge_from_base=model_path if method.quantize_4bit else None)
+        from safetensors import SafetensorError  # what safetensors raises for a full disk
+
+        try:  # all-or-nothing: a failure removes the staging folder and leaves out_dir as it was
+            save_checkpoint(model, processor, out_dir, manifest,
+                            merge_from_base=model_path if method.quantize_4bit else None)
+        except (OSError, SafetensorError) as exc:
+            raise RecipeError(unwritten(out_dir, exc, "the checkpoint was not saved and what the folder held is "
+                                                      "unchanged")) from None
+        try:
+            write_wise_checkpoints(out_dir, model_path, mitigations.wise_alphas)  # also clears an earlier run's
+        except (OSError, SafetensorError) as exc:
+            raise RecipeError(unwritten(out_dir, exc, "the checkpoint is saved, its WiSE-FT checkpoints are "
+                                                      "not")) from None
         shutil.rmtree(gathered_dir(out_dir), ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return out_dir
@@ -234,18 +318,31 @@ def run_recipe(script_args, training_args, model_args, forgetbench_args: Forgetb
 def recipe_main(method: str, argv: list[str] | None = None, callbacks: Sequence = ()) -> None:
     """The whole of a recipe: parse TRL's and forgetbench's arguments (``--config`` YAML plus overrides), train
     ``method``; bad input or divergence ends the process with a one-line message and exit status 2.
-    ``callbacks``: extra ``TrainerCallback`` objects (see :func:`run_recipe`)."""
-    from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
+    ``callbacks``: extra ``TrainerCallback`` objects (see :func:`run_recipe`).
 
-    parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, ForgetbenchArguments))
-    script_args, training_args, model_args, forgetbench_args = parser.parse_args_and_config(args=argv)
-    if forgetbench_args.method not in (None, method):
-        print(f"recipes/{method}.py: error: --method {forgetbench_args.method} names another method; run "
-              f"recipes/{forgetbench_args.method}.py", file=sys.stderr)
-        sys.exit(2)
-    forgetbench_args.method = method
+    Until the model loads, the libraries' warnings are held back: a refused run prints its one line only."""
+    from forgetbench.train.checks import HeldWarnings, argparse_error, check_config_file, parse_error
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    held = HeldWarnings()
     try:
-        run_recipe(script_args, training_args, model_args, forgetbench_args, callbacks)
+        from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
+
+        parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, ForgetbenchArguments))
+        parser.error = argparse_error  # one line, not argparse's usage block
+        check_config_file(parser, argv)
+        try:
+            script_args, training_args, model_args, forgetbench_args = parser.parse_args_and_config(args=argv)
+        except (ValueError, TypeError) as exc:  # HfArgumentParser's unknown options, TrainingArguments' checks
+            raise RecipeError(parse_error(exc)) from None
+        if forgetbench_args.method not in (None, method):
+            raise RecipeError(f"--method {forgetbench_args.method} names another method; run "
+                              f"recipes/{forgetbench_args.method}.py")
+        forgetbench_args.method = method
+        run_recipe(script_args, training_args, model_args, forgetbench_args, callbacks, on_checked=held.show)
     except RecipeError as exc:
+        held.drop()  # a no-op once shown: warnings raised before training have been shown
         print(f"recipes/{method}.py: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        held.show()  # anything else: the warnings may explain it
