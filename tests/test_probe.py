@@ -234,3 +234,19 @@ def test_bad_probe_values_are_one_line_before_any_model_loads(tmp_path, capsys, 
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith(f"recipes/full_st.py: error: {message}"), lines[-1]
+
+
+@pytest.mark.slow
+def test_the_issue_commands_at_the_config_batch(tmp_path):
+    """The two commands of the issue as written (batch 32, the config's): probes at 0, 20, ..., 80; a budget of 2
+    points stops a 300-step full_st run early."""
+    watched, budget = tmp_path / "watched", tmp_path / "budget"
+    _run(launch_command("full_st", CONFIG, ["--max_steps", "80", "--probe_every", "20", "--output_dir",
+                                            str(watched)]), tmp_path)
+    assert [r["step"] for r in _records(watched)] == [0, 20, 40, 60, 80]
+    assert _records(watched)[0]["F"] == 0.0
+    _run(launch_command("full_st", CONFIG, ["--max_steps", "300", "--probe_every", "20", "--forgetting_budget", "2",
+                                            "--output_dir", str(budget)]), tmp_path)
+    probe = _manifest(budget)["probe"]
+    assert probe["stopped_at_step"] % 20 == 0 and probe["stopped_at_step"] < 300
+    assert probe["restored_step"] < probe["stopped_at_step"]
