@@ -7,7 +7,6 @@ A recipe (``recipes/<method>.py``) parses TRL's ``ScriptArguments``/``SFTConfig`
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +14,16 @@ from pathlib import Path
 
 from forgetbench.checkpoint import library_versions, resolve_model
 from forgetbench.train.data import load_sft_dataset, with_replay
-from forgetbench.train.save import gather_for_merge, gathered_dir, last_complete_checkpoint, save_checkpoint, sharded
+from forgetbench.train.save import (
+    GatherError,
+    configure_fsdp_wrap,
+    distributed_entry,
+    distributed_refusal,
+    gather_for_merge,
+    last_complete_checkpoint,
+    save_checkpoint,
+    sharded,
+)
 
 # bitsandbytes quantizes 4-bit weights in blocks of 64 values along a linear layer's input; its AVX-512 CPU path
 # cannot run a layer whose input is not a whole number of blocks.
@@ -239,12 +247,16 @@ def run_recipe(script_args, training_args, model_args, forgetbench_args: Forgetb
     except (MethodError, ValueError) as exc:
         raise RecipeError(str(exc)) from None
 
+    configure_fsdp_wrap(model)  # read by accelerate's FSDP plugin, which the Trainer builds next
     guard = DivergenceGuard()
     trainer_class = anchored_trainer(mitigations) if mitigations.anchored else SFTTrainer
     trainer = trainer_class(model=model, args=training_args, train_dataset=train, processing_class=processor,
                             peft_config=peft_config, callbacks=[guard, *callbacks, *([probe] if probe else [])])
     if probe:
         probe.trainer = trainer  # it logs through the trainer
+    refusal = distributed_refusal(trainer)
+    if refusal:
+        raise RecipeError(refusal)
     trained_parts = parts_trained(trainer.model)
     trainer.train(resume_from_checkpoint=resume)
     out_dir = Path(training_args.output_dir)
@@ -257,7 +269,10 @@ def run_recipe(script_args, training_args, model_args, forgetbench_args: Forgetb
         )
     model = trainer.accelerator.unwrap_model(trainer.model)
     if sharded(trainer):
-        model = gather_for_merge(trainer, out_dir, model_path, dtype)
+        try:
+            model = gather_for_merge(trainer, model_path, dtype)
+        except GatherError as exc:
+            raise RecipeError(f"{exc}; nothing was saved in {out_dir}") from None
 
     if trainer.accelerator.is_main_process:
         manifest = {
@@ -283,6 +298,7 @@ def run_recipe(script_args, training_args, model_args, forgetbench_args: Forgetb
             "trust_remote_code": remote_code,
             "mitigations": manifest_entry(mitigations, trainer, replay_rows),
             "seed": training_args.seed,
+            "distributed": distributed_entry(trainer),
             "steps": trainer.state.global_step,
             "final_train_loss": next(
                 (log["train_loss"] for log in reversed(trainer.state.log_history) if "train_loss" in log), None
@@ -310,7 +326,6 @@ def run_recipe(script_args, training_args, model_args, forgetbench_args: Forgetb
         except (OSError, SafetensorError) as exc:
             raise RecipeError(unwritten(out_dir, exc, "the checkpoint is saved, its WiSE-FT checkpoints are "
                                                       "not")) from None
-        shutil.rmtree(gathered_dir(out_dir), ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return out_dir
 
