@@ -136,7 +136,11 @@ BASE = str(lab_base_model_path())
 # (id, edit of a copy of the greedy run used as --post, the refusal after "--post DIR: ")
 VARIANTS = [
     ("wrapper", _set("config", "model", value="llava_hf"),
-     'model wrapper (config.model) differs from --pre: pre "forgetbench"; post "llava_hf"'),
+     'evaluation backend (config.model, lmms-eval --model) differs from --pre: pre "forgetbench"; post "llava_hf"'),
+    # --eval-backend vllm: lmms-eval's vLLM wrapper names the checkpoint model=, not pretrained=
+    ("vllm-backend", _both(_set("config", "model", value="vllm"), _set(
+        "config", "model_args", value=f"model={BASE},tensor_parallel_size=1,gpu_memory_utilization=0.8")),
+     'evaluation backend (config.model, lmms-eval --model) differs from --pre: pre "forgetbench"; post "vllm"'),
     ("model-class", _set("config", "model_backend", value="lmms_eval.models.simple.llava_hf.LlavaHf (simple)"),
      'model class (config.model_backend) differs from --pre: pre "forgetbench.evaluate.model.ImageTextModel '
      '(simple)"; post "lmms_eval.models.simple.llava_hf.LlavaHf (simple)"'),

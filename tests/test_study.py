@@ -53,6 +53,18 @@ def test_two_arms_write_every_output(two_arms):
         config = json.loads(next((out / "eval" / arm).glob("*/*_results.json")).read_text())["config"]
         assert config["model"] == "forgetbench" and config["limit"] == 24  # batched, forgetbench's own wrapper
     assert "reusing the cached evaluation" not in stdout
+    # Throughput per evaluation: 4 tasks x 24 documents, timed around the whole lmms-eval process
+    for step in ("baseline", "eval/lora", "eval/full_st"):
+        speed = state["steps"][step]["throughput"]
+        assert speed["backend"] == "forgetbench" and speed["samples"] == 96, step
+        assert set(speed["by_task"].values()) == {24} and len(speed["by_task"]) == 4, step
+        assert speed["wall_seconds"] == pytest.approx(state["steps"][step]["seconds"], abs=1e-3), step
+        assert speed["samples_per_second"] == pytest.approx(96 / speed["wall_seconds"], rel=1e-3), step
+        # lmms-eval's own clock starts after its imports and task index, so it is the shorter of the two
+        assert 0 < speed["lmms_eval_seconds"] < speed["wall_seconds"], step
+    html = (out / "report.html").read_text()
+    assert "Evaluation throughput" in html and "the study's clock around the whole lmms-eval process" in html
+    assert "samples/s (whole lmms-eval process): baseline 96 in" in (out / "summary.txt").read_text()
     csv_methods = {line.split(",")[0] for line in (out / "compare.csv").read_text().splitlines()[1:]}
     assert csv_methods == {"lora", "full_st"}
 
@@ -174,3 +186,85 @@ def test_the_default_study_runs_the_arms_that_tell_the_story():
                                                        ("top_layers", "top_layers"), ("full_st+replay", "full_st")]
     assert "--wise_alphas" in plan.arms[1].args and "--replay_ratio" in plan.arms[3].args
     assert plan.model == "forgetbench-lab" and plan.limit is None
+
+
+# -- evaluation backends and throughput ---------------------------------------------------------------------------
+
+
+def _plan(*argv: str):
+    import argparse
+
+    from forgetbench.study import configure_parser, plan_from_args
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    return plan_from_args(parser.parse_args(list(argv)))
+
+
+def _vllm_importable() -> bool:
+    from forgetbench.evaluate import vllm_missing
+
+    return vllm_missing() is None
+
+
+@pytest.mark.skipif(_vllm_importable(), reason="vllm is installed here: the refusal is for machines without it")
+def test_the_vllm_backend_without_vllm_is_refused_up_front(tmp_path):
+    out = tmp_path / "study"
+    completed = subprocess.run([sys.executable, "-m", "forgetbench.cli", "study", "--out", str(out),
+                                "--eval-backend", "vllm"], capture_output=True, text=True, check=False)
+    assert completed.returncode == 2 and not out.exists()  # nothing written
+    assert completed.stderr.strip().splitlines() == [
+        "forgetbench study: error: --eval-backend vllm: vllm cannot be imported here (ModuleNotFoundError: No "
+        "module named 'vllm'); install vllm on a machine with a CUDA GPU, or use --eval-backend forgetbench"]
+
+
+def test_the_vllm_backend_evaluates_through_lmms_evals_own_wrapper(monkeypatch, tmp_path):
+    from forgetbench import evaluate
+    from forgetbench.study import baseline_key, eval_command
+
+    monkeypatch.setattr(evaluate, "vllm_missing", lambda: None)  # as where vllm imports
+    plan = _plan("--eval-backend", "vllm", "--tensor-parallel-size", "2", "--batch-size", "16", "--limit", "5")
+    assert plan.eval_backend == "vllm" and plan.backend_args == (("tensor_parallel_size", 2),)
+    command = eval_command(plan, "/ckpt/lora", tmp_path / "out")
+    assert command[1:] == [
+        "-m", "lmms_eval", "--model", "vllm", "--model_args",
+        "model=/ckpt/lora,tensor_parallel_size=2,gpu_memory_utilization=0.8",
+        "--tasks", "forgetbench_lab_digits,forgetbench_lab_color,forgetbench_lab_shape,forgetbench_lab_count",
+        "--batch_size", "16", "--log_samples", "--output_path", str(tmp_path / "out"), "--limit", "5"]
+    default = _plan("--batch-size", "16", "--limit", "5")
+    assert eval_command(default, "/ckpt/lora", tmp_path / "out")[3:7] == [
+        "--model", "forgetbench", "--model_args", "pretrained=/ckpt/lora,device=cpu"]
+    # another backend is another baseline; the default study's signature is what it was before backends existed
+    assert baseline_key(plan) != baseline_key(default)
+    assert "eval_backend" not in default.signature() and plan.signature()["eval_backend"] == "vllm"
+
+
+def test_the_vllm_backend_refuses_what_it_cannot_run(monkeypatch):
+    from forgetbench import evaluate
+    from forgetbench.study import StudyError
+
+    monkeypatch.setattr(evaluate, "vllm_missing", lambda: None)
+    with pytest.raises(StudyError) as closed:
+        _plan("--eval-backend", "vllm", "--upstream", "forgetbench_lab_shape_closed,forgetbench_lab_color")
+    assert str(closed.value) == ("--eval-backend vllm: lmms-eval's vllm wrapper cannot score closed-set tasks (it "
+                                 "has no loglikelihood): forgetbench_lab_shape_closed")
+    with pytest.raises(StudyError) as processes:
+        _plan("--eval-backend", "vllm", "--num-processes", "2")
+    assert str(processes.value).startswith("--num-processes 2: not with --eval-backend vllm")
+    with pytest.raises(StudyError) as stray:
+        _plan("--gpu-memory-utilization", "0.5")
+    assert str(stray.value) == "--gpu-memory-utilization: only for --eval-backend vllm (the backend is forgetbench)"
+
+
+def test_throughput_counts_the_scored_samples_and_names_both_clocks(tmp_path):
+    from forgetbench.evaluate import throughput
+
+    folder = tmp_path / "eval" / "model"
+    folder.mkdir(parents=True)
+    (folder / "20260101_000000_results.json").write_text(json.dumps({
+        "results": {}, "config": {"model": "forgetbench"}, "total_evaluation_time_seconds": "12.5",
+        "n-samples": {"b": {"original": 300, "effective": 24}, "a": {"original": 200, "effective": 26}}}))
+    assert throughput(tmp_path / "eval", 20.0) == {
+        "backend": "forgetbench", "samples": 50, "by_task": {"a": 26, "b": 24}, "wall_seconds": 20.0,
+        "samples_per_second": 2.5, "lmms_eval_seconds": 12.5, "lmms_eval_samples_per_second": 4.0}
+    assert throughput(tmp_path / "eval", None)["samples_per_second"] is None  # no clock, no rate

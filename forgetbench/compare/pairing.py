@@ -103,18 +103,24 @@ def load_run(path: Path, label: str) -> dict:
 
 
 def pretrained(run: dict) -> str | None:
-    """``pretrained=`` of ``config.model_args`` (a ``k=v,k=v`` string or a mapping), or None.
+    """The evaluated model: ``pretrained=`` of ``config.model_args`` (a ``k=v,k=v`` string or a mapping), else
+    ``model=`` (lmms-eval's vLLM wrapper names the checkpoint so), or None.
 
     >>> pretrained({"config": {"model_args": "pretrained=/ckpt/lora,device=cpu"}})
     '/ckpt/lora'
     >>> pretrained({"config": {"model_args": {"pretrained": "org/model"}}})
     'org/model'
+    >>> pretrained({"config": {"model": "vllm", "model_args": "model=/ckpt/lora,tensor_parallel_size=1"}})
+    '/ckpt/lora'
     """
     args = run["config"].get("model_args")
     if isinstance(args, str):
         args = dict(part.partition("=")[::2] for part in args.split(",") if "=" in part)
-    value = args.get("pretrained") if isinstance(args, dict) else None
-    return value.strip() if isinstance(value, str) and value.strip() else None
+    for key in ("pretrained", "model"):
+        value = args.get(key) if isinstance(args, dict) else None
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
 
 
 def load_manifest(run: dict, label: str) -> dict | None:
@@ -237,7 +243,10 @@ def run_mismatches(pre: dict, post: dict, tasks: list[str], pre_label: str, post
 IDENTITY_ARGS = frozenset({"pretrained", "adapter", "peft", "delta", "model", "model_name", "model_id",
                            "model_version", "path", "engine", "revision"})
 PLACEMENT_ARGS = frozenset({"device", "device_map", "batch_size", "max_batch_size", "trust_remote_code",
-                            "cache_dir", "token", "num_processes", "parallelize"})
+                            "cache_dir", "token", "num_processes", "parallelize",
+                            # vLLM's: how many GPUs hold the model and how much of their memory it may take
+                            "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization",
+                            "disable_log_stats"})
 DTYPE_ARGS = ("dtype", "torch_dtype")
 # lmms-eval CLI arguments (results.json config.resolved_cli_args) that change prompts, answers or scores.
 CLI_SETTINGS = {"apply_chat_template": "--apply_chat_template", "reasoning_tags": "--reasoning_tags",
@@ -348,7 +357,9 @@ def _run_settings(run: dict) -> list[tuple[str, str, object]]:
     dtype = next((args[k] for k in DTYPE_ARGS if k in args), None)
     cli = run["config"].get("resolved_cli_args")
     cli = cli if isinstance(cli, dict) else {}
-    out = [("model", "model wrapper (config.model)", run["config"].get("model")),
+    # The evaluation backend is lmms-eval's --model (forgetbench, vllm, llava_hf, ...): another backend builds
+    # other prompts, preprocesses images and decodes differently.
+    out = [("model", "evaluation backend (config.model, lmms-eval --model)", run["config"].get("model")),
            ("model-backend", "model class (config.model_backend)", run["config"].get("model_backend")),
            ("dtype", "dtype (model_args)", dtype)]
     out += [("model-args", f"model argument '{k}'", v) for k, v in args.items()
@@ -362,17 +373,19 @@ def _run_settings(run: dict) -> list[tuple[str, str, object]]:
 
 
 def setting_mismatches(pre: dict, post: dict, label: str, reference: str = "--pre") -> list[Mismatch]:
-    """Differences in how the two runs asked and answered: the model wrapper and its arguments (dtype, ...), the
-    chat template, the system instruction, the lmms-eval version and answer-changing CLI arguments; per task,
-    the generation settings, the few-shot count (and seed) and the rest of the task config.
+    """Differences in how the two runs asked and answered: the evaluation backend (lmms-eval's ``--model``) and its
+    arguments (dtype, ...), the chat template, the system instruction, the lmms-eval version and answer-changing
+    CLI arguments; per task, the generation settings, the few-shot count (and seed) and the rest of the task
+    config.
 
     ``pretrained=`` (the model itself) is not compared: it differs by design, and :func:`manifest_mismatch`
     checks the lineage.
 
     >>> pre = {"config": {"model": "forgetbench", "model_args": "pretrained=/a"}, "configs": {}}
     >>> post = {"config": {"model": "llava_hf", "model_args": "pretrained=/b,dtype=bfloat16"}, "configs": {}}
-    >>> print(*setting_mismatches(pre, post, "--post P"), sep="\\n")
-    --post P: model wrapper (config.model) differs from --pre: pre "forgetbench"; post "llava_hf"
+    >>> print(*setting_mismatches(pre, post, "--post P"), sep="\\n")  # doctest: +NORMALIZE_WHITESPACE
+    --post P: evaluation backend (config.model, lmms-eval --model) differs from --pre: pre "forgetbench";
+      post "llava_hf"
     --post P: dtype (model_args) differs from --pre: pre null; post "bfloat16"
     """
     out = []

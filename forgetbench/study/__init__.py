@@ -69,14 +69,20 @@ class Plan:
     batch_size: int = 8
     num_processes: int = 1
     accelerate_config: str | None = None
+    eval_backend: str = "forgetbench"  # lmms-eval's --model for every evaluation (evaluate.BACKENDS)
+    backend_args: tuple[tuple[str, object], ...] = ()  # vLLM's tensor_parallel_size, gpu_memory_utilization
 
     @property
     def tasks(self) -> str:
         return ",".join(self.downstream + self.upstream)
 
     def signature(self) -> dict:
-        """What makes two studies the same study (a rerun resumes only the same one), as JSON reads it back."""
-        return json.loads(json.dumps({"version": 1, **asdict(self)}))
+        """What makes two studies the same study (a rerun resumes only the same one), as JSON reads it back. The
+        default backend adds nothing, so a study started before backends existed still resumes."""
+        fields = asdict(self)
+        if self.eval_backend == "forgetbench" and not self.backend_args:
+            del fields["eval_backend"], fields["backend_args"]
+        return json.loads(json.dumps({"version": 1, **fields}))
 
 
 def _lab_tasks(role: str) -> str:
@@ -101,6 +107,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="lmms-eval device (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="evaluation batch size (default: %(default)s)")
     parser.add_argument("--num-processes", type=int, default=1, help="data-parallel lmms-eval processes")
+    parser.add_argument("--eval-backend", choices=evaluate.BACKENDS, default="forgetbench",
+                        help="lmms-eval --model for every evaluation: forgetbench (batched, every task kind) or "
+                             "vllm (lmms-eval's own vLLM wrapper: needs vllm and a GPU; generation tasks only) "
+                             "(default: %(default)s)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=None,
+                        help="--eval-backend vllm: GPUs per model (default: lmms-eval's 1)")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=None,
+                        help="--eval-backend vllm: share of GPU memory vLLM may take (default: lmms-eval's 0.8)")
     parser.add_argument("--accelerate-config", type=Path, default=None,
                         help="an accelerate config for every arm's training (recipes/accelerate/*.yaml)")
     parser.add_argument("--cache-dir", type=Path, default=None,
@@ -180,9 +194,41 @@ def plan_from_args(args) -> Plan:
     limit = args.limit if args.limit is not None else study_yaml.get("limit")
     if args.accelerate_config is not None and not args.accelerate_config.is_file():
         raise StudyError(f"--accelerate-config {args.accelerate_config}: no such file")
-    return Plan(model, tasks("downstream", "downstream"), tasks("upstream", "upstream"), arms, limit, args.device,
-                args.batch_size, args.num_processes,
-                str(args.accelerate_config.resolve()) if args.accelerate_config else None)
+    downstream, upstream = tasks("downstream", "downstream"), tasks("upstream", "upstream")
+    backend = getattr(args, "eval_backend", "forgetbench")
+    backend_args = _backend_args(args, backend, downstream + upstream)
+    return Plan(model, downstream, upstream, arms, limit, args.device, args.batch_size, args.num_processes,
+                str(args.accelerate_config.resolve()) if args.accelerate_config else None, backend, backend_args)
+
+
+def _backend_args(args, backend: str, tasks: tuple[str, ...]) -> tuple[tuple[str, object], ...]:
+    """The evaluation backend's own settings, checked before anything is written: vLLM must import here, run in
+    one process (it spreads a model over GPUs itself, --tensor-parallel-size), and every task must generate."""
+    given = {"tensor_parallel_size": getattr(args, "tensor_parallel_size", None),
+             "gpu_memory_utilization": getattr(args, "gpu_memory_utilization", None)}
+    if backend != "vllm":
+        for key, value in given.items():
+            if value is not None:
+                raise StudyError(f"--{key.replace('_', '-')}: only for --eval-backend vllm (the backend is {backend})")
+        return ()
+    missing = evaluate.vllm_missing()
+    if missing:
+        raise StudyError(f"--eval-backend vllm: vllm cannot be imported here ({missing}); install vllm on a machine "
+                         "with a CUDA GPU, or use --eval-backend forgetbench")
+    if args.num_processes > 1:
+        raise StudyError(f"--num-processes {args.num_processes}: not with --eval-backend vllm (one lmms-eval process; "
+                         "spread a model over GPUs with --tensor-parallel-size)")
+    if given["tensor_parallel_size"] is not None and given["tensor_parallel_size"] < 1:
+        raise StudyError(f"--tensor-parallel-size {given['tensor_parallel_size']}: must be at least 1")
+    if given["gpu_memory_utilization"] is not None and not 0 < given["gpu_memory_utilization"] <= 1:
+        raise StudyError(f"--gpu-memory-utilization {given['gpu_memory_utilization']}: must be in (0, 1]")
+    # lmms-eval 0.7.3's vLLM wrapper has no loglikelihood (it asserts): closed-set tasks would fail mid-study.
+    # Only forgetbench's own tasks are checked; lmms-eval's reused tasks are the generation tasks of the paper.
+    closed = [t for t in tasks if t in suite.TASKS and suite.task_config(t).get("output_type") != "generate_until"]
+    if closed:
+        raise StudyError(f"--eval-backend vllm: lmms-eval's vllm wrapper cannot score closed-set tasks (it has no "
+                         f"loglikelihood): {', '.join(closed)}")
+    return tuple((k, v) for k, v in given.items() if v is not None)
 
 
 # -- state -------------------------------------------------------------------------------------------------------
@@ -235,20 +281,28 @@ def _run_logged(name: str, command: list[str], logs: Path, env: dict) -> float:
     return elapsed
 
 
-def _evaluate_into(name: str, model: str, target: Path, plan: Plan, logs: Path, env: dict) -> tuple[float, list]:
-    """Evaluate into a scratch folder, then move it into place: a half-written evaluation never looks finished."""
+def eval_command(plan: Plan, model: str, output_path: Path) -> list[str]:
+    """The lmms-eval command of every evaluation of the study (the base and each point), on its backend."""
+    return evaluate.lmms_eval_command(model, plan.tasks, output_path, wrapper=plan.eval_backend, device=plan.device,
+                                      batch_size=plan.batch_size, limit=plan.limit, num_processes=plan.num_processes,
+                                      backend_args=dict(plan.backend_args))
+
+
+def _evaluate_into(name: str, model: str, target: Path, plan: Plan, logs: Path,
+                   env: dict) -> tuple[float, list, dict]:
+    """Evaluate into a scratch folder, then move it into place: a half-written evaluation never looks finished.
+    Returns the wall seconds of the lmms-eval process, its command and :func:`forgetbench.evaluate.throughput`."""
     scratch = target.parent / f".{target.name}.partial"
     shutil.rmtree(scratch, ignore_errors=True)
-    command = evaluate.lmms_eval_command(model, plan.tasks, scratch, device=plan.device, batch_size=plan.batch_size,
-                                         limit=plan.limit, num_processes=plan.num_processes)
+    command = eval_command(plan, model, scratch)
     seconds = _run_logged(name, command, logs, env)
     try:
-        evaluate.results_file(scratch)
+        speed = evaluate.throughput(scratch, seconds)
     except evaluate.EvaluationError as exc:
         raise StudyError(f"step {name} wrote no results ({exc}); see {logs / (name + '.log')}") from None
     shutil.rmtree(target, ignore_errors=True)
     os.replace(scratch, target)
-    return seconds, command
+    return seconds, command, speed
 
 
 def _fingerprint(path: str) -> object:
@@ -274,9 +328,11 @@ def baseline_key(plan: Plan) -> str:
 
     versions["lmms_eval_recorded"] = get_lmms_eval_version_string()
     key = {"model": _fingerprint(resolve_model(plan.model)), "tasks": plan.tasks, "limit": plan.limit,
-           "wrapper": "forgetbench", "device": plan.device, "batch_size": plan.batch_size,
+           "wrapper": plan.eval_backend, "device": plan.device, "batch_size": plan.batch_size,
            "num_processes": plan.num_processes, "task_files": task_files, "forgetbench": __version__,
            "versions": versions}
+    if plan.backend_args:  # absent for the default backend: the keys of existing caches stay what they were
+        key["backend_args"] = list(plan.backend_args)
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -297,16 +353,22 @@ def _baseline(plan: Plan, state: State, cache: Path, env: dict) -> None:
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(entry / "eval", target)
         print(f"[baseline] reusing the cached evaluation of the base model: {entry}", flush=True)
-        state.finish("baseline", seconds=0.0, cached=str(entry), command=None)
+        # Nothing was evaluated now: the figures are those of the run that filled the cache, marked as such (an
+        # entry written before they were recorded has the counts but no time).
+        done = json.loads((entry / "DONE").read_text())
+        speed = done.get("throughput") or evaluate.throughput(target, None)
+        state.finish("baseline", seconds=0.0, cached=str(entry), command=None,
+                     throughput={**speed, "from_cache": True})
         return
-    seconds, command = _evaluate_into("eval_pre", resolve_model(plan.model), target, plan, out / "logs", env)
+    seconds, command, speed = _evaluate_into("eval_pre", resolve_model(plan.model), target, plan, out / "logs", env)
     scratch = cache / f".{entry.name}.partial"
     shutil.rmtree(scratch, ignore_errors=True)
     shutil.copytree(target, scratch / "eval")
-    (scratch / "DONE").write_text(json.dumps({"model": plan.model, "tasks": plan.tasks, "limit": plan.limit}) + "\n")
+    (scratch / "DONE").write_text(json.dumps({"model": plan.model, "tasks": plan.tasks, "limit": plan.limit,
+                                              "throughput": speed}) + "\n")
     shutil.rmtree(entry, ignore_errors=True)
     os.replace(scratch, entry)
-    state.finish("baseline", seconds=seconds, cached=None, stored=str(entry), command=command)
+    state.finish("baseline", seconds=seconds, cached=None, stored=str(entry), command=command, throughput=speed)
 
 
 def _train(arm: Arm, plan: Plan, state: State, env: dict) -> None:
@@ -338,8 +400,9 @@ def _evaluate_point(name: str, model_dir: Path, plan: Plan, state: State, env: d
     step = f"eval/{name}"
     if state.done(step):
         return
-    seconds, command = _evaluate_into(step, str(model_dir), state.out / "eval" / name, plan, state.out / "logs", env)
-    state.finish(step, seconds=seconds, command=command)
+    seconds, command, speed = _evaluate_into(step, str(model_dir), state.out / "eval" / name, plan,
+                                             state.out / "logs", env)
+    state.finish(step, seconds=seconds, command=command, throughput=speed)
 
 
 def study(args) -> dict:
@@ -381,7 +444,12 @@ def study(args) -> dict:
     write_report(out, plan, state.data, comparison, [name for name, _ in points])
     state.finish("report", seconds=time.perf_counter() - start)
     summary = [f"forgetbench study: {plan.model}, points {', '.join(name for name, _ in points)}", comparison.table(),
-               "seconds: " + ", ".join(f"{k} {v.get('seconds') or 0:.0f}" for k, v in state.data["steps"].items())]
+               "seconds: " + ", ".join(f"{k} {v.get('seconds') or 0:.0f}" for k, v in state.data["steps"].items()),
+               "samples/s (whole lmms-eval process): " + ", ".join(
+                   f"{k} {t['samples']} in {t['wall_seconds']:.0f} s = {t['samples_per_second']:.2f}/s"
+                   + (" (cached)" if t.get("from_cache") else "")
+                   for k, t in ((k, v.get("throughput")) for k, v in state.data["steps"].items())
+                   if t and t.get("samples_per_second") is not None)]
     write_all_atomic({out / "summary.txt": ("\n".join(summary) + "\n").encode()})
     print(comparison.table())
     print(f"artefacts in {out} (report: {out / 'report.html'})")
