@@ -63,7 +63,10 @@ def test_two_arms_write_every_output(two_arms):
         # lmms-eval's own clock starts after its imports and task index, so it is the shorter of the two
         assert 0 < speed["lmms_eval_seconds"] < speed["wall_seconds"], step
     html = (out / "report.html").read_text()
-    assert "Evaluation throughput" in html and "the study's clock around the whole lmms-eval process" in html
+    assert "Evaluation throughput" in html and "clock around the whole lmms-eval process" in html
+    for step in ("baseline", "eval/lora", "eval/full_st"):  # each evaluation's row, with its samples/s
+        speed = state["steps"][step]["throughput"]
+        assert f"<td>{speed['samples']}</td>" in html and f"<td>{speed['samples_per_second']:.2f}</td>" in html
     assert "samples/s (whole lmms-eval process): baseline 96 in" in (out / "summary.txt").read_text()
     csv_methods = {line.split(",")[0] for line in (out / "compare.csv").read_text().splitlines()[1:]}
     assert csv_methods == {"lora", "full_st"}
@@ -76,7 +79,11 @@ def test_a_second_study_reuses_the_cached_baseline_and_says_so(two_arms, cache, 
     entries = [p for p in cache.iterdir() if not p.name.startswith(".")]
     assert len(entries) == 1
     assert f"[baseline] reusing the cached evaluation of the base model: {entries[0]}" in completed.stdout
-    assert json.loads((out / "study.json").read_text())["steps"]["baseline"]["cached"] == str(entries[0])
+    baseline = json.loads((out / "study.json").read_text())["steps"]["baseline"]
+    assert baseline["cached"] == str(entries[0])
+    # nothing was evaluated now: the throughput is the first study's, marked as coming from the cache
+    first_baseline = json.loads((first / "study.json").read_text())["steps"]["baseline"]["throughput"]
+    assert baseline["throughput"] == {**first_baseline, "from_cache": True}
     assert _efo(first)["lora"] == pytest.approx(
         [json.loads((out / "compare.json").read_text())[k] for k in "EFO"])
 
