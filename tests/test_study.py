@@ -275,3 +275,20 @@ def test_throughput_counts_the_scored_samples_and_names_both_clocks(tmp_path):
         "backend": "forgetbench", "samples": 50, "by_task": {"a": 26, "b": 24}, "wall_seconds": 20.0,
         "samples_per_second": 2.5, "lmms_eval_seconds": 12.5, "lmms_eval_samples_per_second": 4.0}
     assert throughput(tmp_path / "eval", None)["samples_per_second"] is None  # no clock, no rate
+
+
+def test_answer_kinds_count_drift_to_the_downstream_labels(tmp_path):
+    """EMT's drift, measured: shape answers that are digits (the tuned-on labels) are counted apart from other
+    hallucinations; a label the task itself has never counts as drift."""
+    from forgetbench.study.report import answer_kinds
+
+    log = tmp_path / "model" / "20261202_samples_forgetbench_lab_shape.jsonl"
+    log.parent.mkdir()
+    answers = [("circle", "circle"), ("square", "circle"), ("7", "circle"), ("3 dots", "cross"), ("blue", "square"),
+               ("circle square", "square")]
+    log.write_text("".join(json.dumps({"filtered_resps": [a], "target": t}) + "\n" for a, t in answers))
+    digits = tuple(str(d) for d in range(10))
+    assert answer_kinds(tmp_path, "forgetbench_lab_shape", ("circle", "square", "triangle", "cross"), digits) == {
+        "correct": 1, "wrong_label": 1, "multiple_labels": 1, "hallucination": 3, "downstream_label": 2}
+    assert answer_kinds(tmp_path, "forgetbench_lab_shape", ("circle", "square", "triangle", "cross", "7", "3"),
+                        digits)["downstream_label"] == 0

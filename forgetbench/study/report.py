@@ -70,14 +70,25 @@ def _sample_log(eval_dir: Path, task: str) -> list[dict]:
     return [json.loads(line) for line in found[0].read_text().splitlines() if line.strip()] if found else []
 
 
-def answer_kinds(eval_dir: Path, task: str, labels: tuple[str, ...]) -> dict[str, int]:
-    """How many answers of each EMT kind (correct, wrong label, several labels, outside the label set)."""
+DOWNSTREAM_LABEL = "downstream_label"  # a hallucination that names a label of the tuned-on task (EMT's drift)
+
+
+def answer_kinds(eval_dir: Path, task: str, labels: tuple[str, ...], downstream_labels: tuple[str, ...] = ()
+                 ) -> dict[str, int]:
+    """How many answers of each EMT kind (correct, wrong label, several labels, outside the label set), and how many
+    of those outside the label set name a label of the downstream task instead (``downstream_label``): EMT's
+    finding that a tuned model answers other questions with the labels it was tuned on. Labels the task itself has
+    are not counted as downstream ones."""
+    foreign = tuple(label for label in downstream_labels if label not in labels)
     counts = Counter()
     for row in _sample_log(eval_dir, task):
         answer = row.get("filtered_resps") or [""]
-        answer = answer[0] if isinstance(answer, list) else answer
-        counts[scoring.judge_label(str(answer), str(row.get("target")), labels)] += 1
-    return {kind: counts.get(kind, 0) for kind in scoring.JUDGEMENTS}
+        answer = str(answer[0] if isinstance(answer, list) else answer)
+        kind = scoring.judge_label(answer, str(row.get("target")), labels)
+        counts[kind] += 1
+        if kind == scoring.HALLUCINATION and foreign and scoring.labels_mentioned(answer, foreign):
+            counts[DOWNSTREAM_LABEL] += 1
+    return {kind: counts.get(kind, 0) for kind in (*scoring.JUDGEMENTS, DOWNSTREAM_LABEL)}
 
 
 def verdict(method: dict) -> str:
@@ -112,17 +123,20 @@ def write_report(out: Path, plan, state: dict, comparison, points: list[str]) ->
         if shown < SAMPLES_PER_TASK:
             samples.append({**row, "kind": kind, "image": thumbnail(row["task"], row["doc_id"])})
     kinds = []
+    tuned_on = tuple(label for task in plan.downstream for label in (label_set(task) or ()))
     for task in plan.downstream + plan.upstream:
         labels = label_set(task)
         if labels:
-            kinds.append({"task": task, "pre": answer_kinds(out / "eval" / "pre", task, labels),
-                          "arms": {name: answer_kinds(out / "eval" / name, task, labels) for name in points}})
+            drift = tuned_on if task in plan.upstream else ()
+            kinds.append({"task": task, "pre": answer_kinds(out / "eval" / "pre", task, labels, drift),
+                          "arms": {name: answer_kinds(out / "eval" / name, task, labels, drift) for name in points}})
     manifests = {arm.name: read_manifest(out / "arms" / arm.name) or {} for arm in plan.arms}
     plot = out / "ef.png"
     env = Environment(loader=PackageLoader("forgetbench.study", "templates"), autoescape=select_autoescape())
     html = env.get_template("report.html.j2").render(
         plan=plan, methods=methods, verdicts={name: verdict(m) for name, m in methods.items()},
-        pareto=report.get("pareto", list(methods)), samples=samples, kinds=kinds, judgements=scoring.JUDGEMENTS,
+        pareto=report.get("pareto", list(methods)), samples=samples, kinds=kinds,
+        judgements=(*scoring.JUDGEMENTS, DOWNSTREAM_LABEL),
         plot="data:image/png;base64," + base64.b64encode(plot.read_bytes()).decode() if plot.is_file() else None,
         manifests=manifests, steps=state["steps"], versions=library_versions(), bootstrap=report.get("bootstrap"))
     path = out / "report.html"
