@@ -40,6 +40,24 @@ UNSCORABLE_NAME = "unscorable.json"
 logger = logging.getLogger(__name__)
 
 
+
+def _selected(cache, indices: torch.Tensor):
+    """A cache holding row ``indices`` of ``cache``'s batch, ``cache`` itself untouched.
+
+    A plain ``DynamicLayer`` selects and appends by building new tensors, so shallow copies of the cache and its
+    layers are enough: no copy of the whole batch's keys and values per chunk of choices (the cost that dominated
+    100-way scoring). Any other layer kind (sliding window, quantized, ...) is deep-copied first, as before."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if layers is not None and all(type(layer) is DynamicLayer for layer in layers):
+        selected = copy.copy(cache)
+        selected.layers = [copy.copy(layer) for layer in layers]
+    else:
+        selected = copy.deepcopy(cache)
+    selected.batch_select_indices(indices)
+    return selected
+
 class UnscorableImage(Exception):
     """A request's document image cannot be decoded (recorded in :attr:`ImageTextModel.unscorable`)."""
 
@@ -369,8 +387,7 @@ class ImageTextModel(lmms):
             # list would otherwise copy its prefix's keys and values 100 times at once.
             for start in range(0, len(rows), self.CHOICES_PER_PASS):
                 chunk = slice(start, start + self.CHOICES_PER_PASS)
-                cache = copy.deepcopy(prefix.past_key_values)
-                cache.batch_select_indices(owner[chunk])  # one copy of its group's prefix per choice
+                cache = _selected(prefix.past_key_values, owner[chunk])  # one copy of its group's prefix per choice
                 # Right padding after each continuation only follows its real tokens, so causal attention keeps it
                 # from changing them.
                 attention = torch.cat([mask[owner[chunk]], torch.ones_like(ids[chunk])], dim=1)
