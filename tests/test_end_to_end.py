@@ -47,7 +47,7 @@ def test_study_compare_matches_hand_computed_e_f_o(small_study):
     down = [t for t, row in report["tasks"].items() if row["role"] == "downstream"]
     up = [t for t, row in report["tasks"].items() if row["role"] == "upstream"]
     assert down == ["forgetbench_lab_digits"]
-    assert up == ["forgetbench_lab_color", "forgetbench_lab_shape", "forgetbench_lab_count"]
+    assert up == ["forgetbench_lab_color", "forgetbench_lab_shape", "forgetbench_lab_count", "forgetbench_lab_printed"]
     e = sum(points["lora", t] - points["pre", t] for t in down) / len(down)
     f = sum(points["lora", t] - points["pre", t] for t in up) / len(up)
     assert report["E"] == pytest.approx(e)
@@ -100,18 +100,37 @@ def test_study_refuses_bad_input_before_writing_anything(tmp_path, args, message
 
 
 @pytest.mark.slow
-def test_full_lab_study_learns_digits(tmp_path):
-    """The main job as README runs it: every default arm learns the digits (a slow test: about 10 minutes)."""
+def test_full_lab_study_tells_the_papers_story(tmp_path):
+    """The main job as README runs it (a slow test: about 10 minutes), and what docs/lab.md says it shows: every
+    trained arm learns the digits; Full-ST learns the most and forgets the most; LoRA forgets significantly less
+    (95 % intervals apart); replay at 20 % at least halves Full-ST's forgetting at nearly its E; WiSE-FT's alphas
+    lie between the base and the tuned model, in order; and after Full-ST, upstream answers drift to the digits.
+    What the lab does not show (LoRA's E within a few points of Full-ST's; LoRA ahead on the frontier) is measured
+    in docs/lab.md, not asserted here."""
+    from forgetbench.study.report import DOWNSTREAM_LABEL, answer_kinds
+
     out = tmp_path / "study"
     run_command([str(BIN / "forgetbench"), "study", "--out", str(out)], timeout=1800)
     report = json.loads((out / "compare.json").read_text())
-    assert list(report["methods"]) == ["lora", "full_st", "full_st@wise-0.25", "full_st@wise-0.5",
-                                       "full_st@wise-0.75", "top_layers", "full_st+replay"]
-    for name, method in report["methods"].items():
-        if "@wise" in name:  # interpolations towards the base learn less by design
-            continue
-        assert method["E"] > 40
-        assert method["tasks"]["forgetbench_lab_digits"]["post"] > 60
+    methods = report["methods"]
+    assert list(methods) == ["lora", "full_st", "full_st@wise-0.25", "full_st@wise-0.5", "full_st@wise-0.75",
+                             "top_layers", "full_st+replay"]
+    trained = ["lora", "full_st", "top_layers", "full_st+replay"]
+    for name in trained:
+        assert methods[name]["E"] > 40 and methods[name]["tasks"]["forgetbench_lab_digits"]["post"] > 60, name
+    lora, full = methods["lora"], methods["full_st"]
+    assert full["E"] == max(methods[name]["E"] for name in ("lora", "full_st", "top_layers"))
+    assert full["F"] == min(methods[name]["F"] for name in trained)
+    assert lora["F_ci"][0] > full["F_ci"][1], "LoRA forgets significantly less than Full-ST"
+    replay = methods["full_st+replay"]
+    assert replay["F"] >= full["F"] / 2 and replay["E"] >= full["E"] - 5
+    path = [0.0] + [methods[f"full_st@wise-{a}"]["E"] for a in ("0.25", "0.5", "0.75")] + [full["E"]]
+    assert path == sorted(path), f"WiSE-FT's E rises with alpha: {path}"
+    labels = ("one", "two", "three", "four")
+    digits = tuple(str(d) for d in range(10))
+    before = answer_kinds(out / "eval" / "pre", "forgetbench_lab_count", labels, digits)[DOWNSTREAM_LABEL]
+    after = answer_kinds(out / "eval" / "full_st", "forgetbench_lab_count", labels, digits)[DOWNSTREAM_LABEL]
+    assert after > before + 20, f"count answers that are digits: {before} before, {after} after Full-ST"
 
 
 def test_compare_pairs_runs_through_the_manifests(small_study):

@@ -1,7 +1,8 @@
 """The lab's datasets, generated deterministically and shipped as parquet beside the task YAMLs.
 
-Upstream tasks (colour, shape, count) use drawn images; the downstream task uses real scanned digits from
-scikit-learn's bundled ``load_digits``, so nothing is downloaded. Regenerate the shipped files with::
+Upstream tasks (colour, shape, count, printed digits) use drawn images, the printed digits in Pillow's bundled
+font; the downstream task uses real scanned handwritten digits from scikit-learn's bundled ``load_digits``, so
+nothing is downloaded. Regenerate the shipped files with::
 
     python -m forgetbench.lab.data
 """
@@ -13,13 +14,13 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from forgetbench import tasks_path
-from forgetbench.suite.lab import COLORS, COUNTS, LAB_TASKS, SHAPES
+from forgetbench.suite.lab import COLORS, COUNTS, DIGITS, LAB_TASKS, SHAPES
 
 IMAGE_SIZE = 32
-SPLIT_SIZES = {"color": (2000, 200), "shape": (2000, 200), "count": (2000, 200)}  # (train, test)
+SPLIT_SIZES = {task: (2000, 200) for task in ("color", "shape", "count", "printed")}  # (train, test)
 DIGITS_TEST_SIZE = 300
 RGB = {
     "red": (220, 30, 30),
@@ -71,6 +72,16 @@ def draw_dots(count: int, rng: np.random.Generator) -> Image.Image:
     return image
 
 
+def draw_printed(text: str, rng: np.random.Generator) -> Image.Image:
+    """A digit in Pillow's bundled font, dark ink, a random size and offset."""
+    image, draw = _canvas(rng)
+    font = ImageFont.load_default(size=int(rng.integers(20, 29)))
+    ink = tuple(int(v) for v in rng.integers(0, 90, size=3))
+    x, y = (IMAGE_SIZE // 2 + int(v) for v in rng.integers(-4, 5, size=2))
+    draw.text((x, y), text, font=font, fill=ink, anchor="mm")
+    return image
+
+
 def _upstream_rows(task: str, n: int, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     rows = []
@@ -81,9 +92,12 @@ def _upstream_rows(task: str, n: int, seed: int) -> list[dict]:
         elif task == "shape":
             answer = SHAPES[i % len(SHAPES)]
             image = draw_shape(answer, COLORS[int(rng.integers(len(COLORS)))], rng)
+        elif task == "printed":
+            answer = DIGITS[i % len(DIGITS)]
+            image = draw_printed(answer, rng)
         elif task == "count":
             answer = COUNTS[i % len(COUNTS)]
-            image = draw_dots(int(answer), rng)
+            image = draw_dots(COUNTS.index(answer) + 1, rng)
         else:
             raise ValueError(f"{task!r} is not an upstream lab task")
         rows.append({"id": f"{task}-{seed}-{i}", "task": task, "image": image, "answer": answer})

@@ -126,7 +126,7 @@ def tasks_in_role(role: str, prefix: str = "") -> list[str]:
     """The registered tasks of one role (free-generation variants), optionally of one family by name prefix.
 
     >>> tasks_in_role("upstream", lab.PREFIX)
-    ['forgetbench_lab_color', 'forgetbench_lab_shape', 'forgetbench_lab_count']
+    ['forgetbench_lab_color', 'forgetbench_lab_shape', 'forgetbench_lab_count', 'forgetbench_lab_printed']
     """
     return [t.name for t in TASKS.values() if t.role == role and t.name.startswith(prefix)
             and not t.name.endswith("_closed")]

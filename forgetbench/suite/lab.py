@@ -14,23 +14,24 @@ from forgetbench.suite.classify import LabelSet, hooks
 from forgetbench.suite.common import conversation, first
 
 PREFIX = "forgetbench_lab_"
+DIGITS = tuple(str(d) for d in range(10))
 COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPES = ("circle", "square", "triangle", "cross")
-COUNTS = ("1", "2", "3", "4")
-DIGITS = tuple(str(d) for d in range(10))
+COUNTS = ("one", "two", "three", "four")  # words: no answer token shared with the digits
 
 LAB_TASKS: dict[str, LabelSet] = {
     task.key: task
     for task in (
         LabelSet("color", COLORS, custom_question="What colour is the shape? Answer with one word."),
         LabelSet("shape", SHAPES, custom_question="What shape is in the image? Answer with one word."),
-        LabelSet("count", COUNTS, custom_question="How many dots are in the image? Answer with a number."),
+        LabelSet("count", COUNTS, custom_question="How many dots are in the image? Answer with one word."),
+        LabelSet("printed", DIGITS, custom_question="Which number is printed in the image? Answer with a number."),
         # EMT's classification-as-QA prompt: the label set is part of the question.
         LabelSet("digits", DIGITS, noun="digit"),
     )
 }
 # What the base model learned in pre-training (forgetting, F) and what the fine-tune should learn (E).
-ROLES = {"color": "upstream", "shape": "upstream", "count": "upstream", "digits": "downstream"}
+ROLES = {"color": "upstream", "shape": "upstream", "count": "upstream", "printed": "upstream", "digits": "downstream"}
 
 _hooks = hooks(LAB_TASKS, "task")
 doc_to_visual, doc_to_text, doc_to_target = _hooks.doc_to_visual, _hooks.doc_to_text, _hooks.doc_to_target

@@ -64,8 +64,9 @@ class ProbeTask:
 def default_tasks(dataset_name: str | None) -> tuple[list[str], list[str]]:
     """(downstream, upstream) probe tasks of a recipe trained on ``dataset_name``.
 
-    >>> default_tasks("forgetbench_lab_digits")
-    (['forgetbench_lab_digits'], ['forgetbench_lab_color', 'forgetbench_lab_shape', 'forgetbench_lab_count'])
+    >>> default_tasks("forgetbench_lab_digits")  # doctest: +NORMALIZE_WHITESPACE
+    (['forgetbench_lab_digits'], ['forgetbench_lab_color', 'forgetbench_lab_shape', 'forgetbench_lab_count',
+     'forgetbench_lab_printed'])
     >>> default_tasks("forgetbench_pathvqa")
     (['forgetbench_pathvqa'], ['forgetbench_ocrvqa'])
     >>> default_tasks("scienceqa_img")  # lmms-eval's own task: no E side
