@@ -20,7 +20,7 @@ CONFIG = REPO / "recipes" / "configs" / "lab" / "full_st.yaml"
 HOOKED = str(REPO / "tests" / "helpers" / "hooked_recipe.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 SMALL = ["--per_device_train_batch_size", "8", "--disable_tqdm", "true"]
-UPSTREAM = ["forgetbench_lab_color", "forgetbench_lab_shape", "forgetbench_lab_count"]
+UPSTREAM = ["forgetbench_lab_color", "forgetbench_lab_shape", "forgetbench_lab_count", "forgetbench_lab_printed"]
 TASKS = ["forgetbench_lab_digits", *UPSTREAM]
 
 
@@ -76,7 +76,7 @@ def test_probe_writes_e_and_f_at_every_probe_step(watched):
         assert all(0.0 <= v <= 100.0 for v in record["scores"].values())
         delta = {t: record["scores"][t] - first["scores"][t] for t in TASKS}
         assert record["E"] == pytest.approx(delta["forgetbench_lab_digits"])
-        assert record["F"] == pytest.approx(sum(delta[t] for t in UPSTREAM) / 3)
+        assert record["F"] == pytest.approx(sum(delta[t] for t in UPSTREAM) / len(UPSTREAM))
         assert record["F_ci"][0] <= record["F"] <= record["F_ci"][1]
         assert "stop" not in record  # no budget
     assert first["scores"]["forgetbench_lab_color"] >= 90  # the base model knows its colours

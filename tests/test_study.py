@@ -53,13 +53,13 @@ def test_two_arms_write_every_output(two_arms):
         config = json.loads(next((out / "eval" / arm).glob("*/*_results.json")).read_text())["config"]
         assert config["model"] == "forgetbench" and config["limit"] == 24  # batched, forgetbench's own wrapper
     assert "reusing the cached evaluation" not in stdout
-    # Throughput per evaluation: 4 tasks x 24 documents, timed around the whole lmms-eval process
+    # Throughput per evaluation: 5 tasks x 24 documents, timed around the whole lmms-eval process
     for step in ("baseline", "eval/lora", "eval/full_st"):
         speed = state["steps"][step]["throughput"]
-        assert speed["backend"] == "forgetbench" and speed["samples"] == 96, step
-        assert set(speed["by_task"].values()) == {24} and len(speed["by_task"]) == 4, step
+        assert speed["backend"] == "forgetbench" and speed["samples"] == 120, step
+        assert set(speed["by_task"].values()) == {24} and len(speed["by_task"]) == 5, step
         assert speed["wall_seconds"] == pytest.approx(state["steps"][step]["seconds"], abs=1e-3), step
-        assert speed["samples_per_second"] == pytest.approx(96 / speed["wall_seconds"], rel=1e-3), step
+        assert speed["samples_per_second"] == pytest.approx(120 / speed["wall_seconds"], rel=1e-3), step
         # lmms-eval's own clock starts after its imports and task index, so it is the shorter of the two
         assert 0 < speed["lmms_eval_seconds"] < speed["wall_seconds"], step
     html = (out / "report.html").read_text()
@@ -67,7 +67,7 @@ def test_two_arms_write_every_output(two_arms):
     for step in ("baseline", "eval/lora", "eval/full_st"):  # each evaluation's row, with its samples/s
         speed = state["steps"][step]["throughput"]
         assert f"<td>{speed['samples']}</td>" in html and f"<td>{speed['samples_per_second']:.2f}</td>" in html
-    assert "samples/s (whole lmms-eval process): baseline 96 in" in (out / "summary.txt").read_text()
+    assert "samples/s (whole lmms-eval process): baseline 120 in" in (out / "summary.txt").read_text()
     csv_methods = {line.split(",")[0] for line in (out / "compare.csv").read_text().splitlines()[1:]}
     assert csv_methods == {"lora", "full_st"}
 
@@ -236,7 +236,8 @@ def test_the_vllm_backend_evaluates_through_lmms_evals_own_wrapper(monkeypatch, 
     assert command[1:] == [
         "-m", "lmms_eval", "--model", "vllm", "--model_args",
         "model=/ckpt/lora,tensor_parallel_size=2,gpu_memory_utilization=0.8",
-        "--tasks", "forgetbench_lab_digits,forgetbench_lab_color,forgetbench_lab_shape,forgetbench_lab_count",
+        "--tasks", "forgetbench_lab_digits,forgetbench_lab_color,forgetbench_lab_shape,forgetbench_lab_count,"
+        "forgetbench_lab_printed",
         "--batch_size", "16", "--log_samples", "--output_path", str(tmp_path / "out"), "--limit", "5"]
     default = _plan("--batch-size", "16", "--limit", "5")
     assert eval_command(default, "/ckpt/lora", tmp_path / "out")[3:7] == [
