@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from forgetbench.errors import ForgetbenchError
+
 # The study's evaluation backends: forgetbench's own wrapper (batched, prefix-cached closed-set scoring, every
 # task kind) or lmms-eval's own vLLM wrapper (``--model vllm``; generation only: lmms-eval 0.7.3's
 # ``models/chat/vllm.py`` asserts in ``loglikelihood``, so closed-set tasks cannot run on it).
@@ -21,7 +23,7 @@ BACKENDS = ("forgetbench", "vllm")
 VLLM_DEFAULTS = {"tensor_parallel_size": 1, "gpu_memory_utilization": 0.8}
 
 
-class EvaluationError(Exception):
+class EvaluationError(ForgetbenchError):
     """An evaluation did not produce results; printed as one line."""
 
 

@@ -4,19 +4,21 @@ Upstream tasks (colour, shape, count, printed digits) use drawn images, the prin
 font; the downstream task uses real scanned handwritten digits from scikit-learn's bundled ``load_digits``, so
 nothing is downloaded. Regenerate the shipped files with::
 
-    python -m forgetbench.lab.data
+    forgetbench lab data
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from forgetbench import tasks_path
+from forgetbench.errors import command_main, emit
 from forgetbench.suite.lab import COLORS, COUNTS, DIGITS, LAB_TASKS, SHAPES
 
 IMAGE_SIZE = 32
@@ -168,17 +170,23 @@ def load(task: str, split: str):
         raise ValueError(f"unknown lab task {task!r}; known: {', '.join(LAB_TASKS)}")
     path = data_file(task, split)
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `python -m forgetbench.lab.data`")
+        raise FileNotFoundError(f"{path} is missing: run `forgetbench lab data`")
     return datasets.Dataset.from_parquet(str(path))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.splitlines()[0]
     parser.add_argument("--out", type=Path, default=None, help="parquet folder (default: the shipped one)")
-    args = parser.parse_args(argv)
-    for path in write(args.out):
-        print(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``forgetbench lab data``: writes every lab split."""
+    return emit("\n".join(str(path) for path in write(args.out)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command_main("python -m forgetbench.lab.data", configure_parser, run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """Pre-train the lab base model on the upstream lab tasks, so that it has something to forget.
 
-    python -m forgetbench.lab.pretrain            # writes forgetbench/lab/base_model (about 3.5 MB)
+    forgetbench lab pretrain            # writes forgetbench/lab/base_model (about 3.5 MB)
 
 Deterministic for a given seed and library versions. The shipped weights came from this command; tests never
 re-run it. About 20 % of the rows are "Say <word>." with every lab answer word, the digits included: a LoRA
@@ -10,10 +10,13 @@ fine-tune cannot make the frozen lm_head emit a token it never learned to emit.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from forgetbench.errors import command_main
 
 
 def say_rows(n: int, seed: int) -> list[dict]:
@@ -50,18 +53,26 @@ def pretraining_dataset(seed: int):
     return datasets.Dataset.from_list(rows).shuffle(seed=seed)
 
 
-def main(argv: list[str] | None = None) -> Path:
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from forgetbench.lab.model import base_model_path
+
+    parser.description = __doc__.splitlines()[0]
+    parser.add_argument("--out", type=Path, default=base_model_path(), help="(default: the shipped base model)")
+    parser.add_argument("--steps", type=int, default=1800)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command_main("python -m forgetbench.lab.pretrain", configure_parser, run, argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``forgetbench lab pretrain``: trains the base model and writes it to ``--out``."""
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
     from forgetbench.checkpoint import library_versions, save_model
-    from forgetbench.lab.model import base_model_path, build_model, build_processor, build_tokenizer
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=base_model_path())
-    parser.add_argument("--steps", type=int, default=1800)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    from forgetbench.lab.model import build_model, build_processor, build_tokenizer
 
     set_seed(args.seed)
     processor = build_processor(build_tokenizer())
@@ -87,8 +98,8 @@ def main(argv: list[str] | None = None) -> Path:
     }
     save_model(model, processor, args.out, manifest)
     print(f"wrote {args.out}")
-    return args.out
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """Small stand-ins for every suite dataset, with exactly the column names and types of the real copies, and the
 local-copy YAMLs that point lmms-eval at them. The tests run the real lmms-eval on these; a user can run
-``python -m forgetbench.suite.fixtures DIR`` to smoke-test a stack offline, then
+``forgetbench fixtures DIR`` to smoke-test a stack offline, then
 ``lmms-eval --include_path DIR --tasks forgetbench_pathvqa_local ...``.
 
 The local YAMLs are the documented way to read a local copy (docs/tasks.md): include the shipped task, rename it,
@@ -9,12 +9,14 @@ and point ``dataset_path: parquet`` at the files.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import sys
 from pathlib import Path
 
 import forgetbench
+from forgetbench.errors import command_main, emit
 from forgetbench.suite import emt, labels, rsvqa
 
 LOCAL_SUFFIX = "_local"
@@ -176,14 +178,20 @@ def write_all(root: Path) -> dict[str, dict[str, Path]]:
     return written
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        sys.exit("usage: python -m forgetbench.suite.fixtures DIR")
-    for task in write_all(Path(args[0])):
-        print(f"{task}{LOCAL_SUFFIX}")
-    print(f"lmms-eval --include_path {args[0]} --tasks <one of the above> (tasks: {forgetbench.tasks_path()})")
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.splitlines()[0]
+    parser.add_argument("dir", type=Path, help="folder for the fixture data and the local task YAMLs")
+
+
+def run(args: argparse.Namespace) -> int:
+    lines = [f"{task}{LOCAL_SUFFIX}" for task in write_all(args.dir)]
+    lines.append(f"lmms-eval --include_path {args.dir} --tasks <one of the above> (tasks: {forgetbench.tasks_path()})")
+    return emit("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command_main("python -m forgetbench.suite.fixtures", configure_parser, run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,7 +9,7 @@ Unlike lmms-eval's prompt (which offers "The first image." and "The second image
 choose_img prompt here names every option by its position among the images the model sees: the question image is
 the 1st, option A the 2nd, and so on.
 
-lmms-eval's copy holds no train split: ``python -m forgetbench.suite.iconqa --release iconqa_data --split train
+lmms-eval's copy holds no train split: ``forgetbench convert iconqa --release iconqa_data --split train
 --out iconqa/train.parquet`` converts the official release (https://iconqa.github.io) to these columns.
 """
 
@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from forgetbench.errors import ForgetbenchError, command_main, emit, one_line
 from forgetbench.suite import scoring
 from forgetbench.suite.common import SHORT_ANSWER, conversation, first, rgb
 
@@ -157,15 +159,25 @@ def convert_release(release: Path, split: str, out: Path) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m forgetbench.suite.iconqa",
-                                     description="Convert the official IconQA release to parquet.")
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Convert the official IconQA release to parquet."
     parser.add_argument("--release", type=Path, required=True, help="the unzipped iconqa_data folder")
     parser.add_argument("--split", default="train", choices=["train", "val", "test"])
     parser.add_argument("--out", type=Path, required=True, help="the parquet file to write")
-    args = parser.parse_args(argv)
-    print(convert_release(args.release, args.split, args.out))
+
+
+def run(args: argparse.Namespace) -> int:
+    """``forgetbench convert iconqa``: a release that cannot be read is one line naming it."""
+    try:
+        written = convert_release(args.release, args.split, args.out)
+    except (ValueError, OSError, KeyError) as exc:
+        raise ForgetbenchError(f"--release {args.release}: {one_line(exc)}") from None
+    return emit(str(written))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command_main("python -m forgetbench.suite.iconqa", configure_parser, run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,9 +1,9 @@
 """RSVQA-LR and RSVQA-HR (Lobry et al., 2020): remote-sensing VQA, scored per question type as the papers do.
 
 The official release (Zenodo 6344334 for LR, 6344367 for HR) is a folder of images plus JSON files; no complete hub
-copy is known. ``python -m forgetbench.suite.rsvqa`` converts a release into the parquet files the task YAMLs read:
+copy is known. ``forgetbench convert rsvqa`` converts a release into the parquet files the task YAMLs read:
 
-    python -m forgetbench.suite.rsvqa --variant lr --release ~/data/RSVQA_LR --out rsvqa_lr
+    forgetbench convert rsvqa --variant lr --release ~/data/RSVQA_LR --out rsvqa_lr
 
 Release layout (LR prefix ``LR``, HR prefix ``USGS``; split ``train``, ``val``, ``test``, HR also ``test_phili``):
 ``{prefix}_split_{split}_questions.json`` = ``{"questions": [{"id", "img_id", "type", "question", "answers_ids",
@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from forgetbench.errors import ForgetbenchError, command_main, emit, one_line
 from forgetbench.suite import scoring
 from forgetbench.suite.common import doc_to_text, doc_to_visual, first, prompt, to_sft_example
 
@@ -113,15 +115,25 @@ def _release_rows(stem: Path, image_dir: Path) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m forgetbench.suite.rsvqa", description=__doc__.split("\n\n")[0])
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0]
     parser.add_argument("--variant", choices=sorted(PREFIX), required=True)
     parser.add_argument("--release", type=Path, required=True, help="the unzipped official release")
     parser.add_argument("--out", type=Path, required=True, help="folder for {split}.parquet")
-    args = parser.parse_args(argv)
-    for path in convert_release(args.release, args.variant, args.out):
-        print(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``forgetbench convert rsvqa``: a release that cannot be read is one line naming it."""
+    try:
+        written = convert_release(args.release, args.variant, args.out)
+    except (ValueError, OSError, KeyError) as exc:
+        raise ForgetbenchError(f"--release {args.release}: {one_line(exc)}") from None
+    return emit("\n".join(str(path) for path in written))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command_main("python -m forgetbench.suite.rsvqa", configure_parser, run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
