@@ -6,7 +6,7 @@ OUT ?= runs/lab-study
 
 .PHONY: study test test-slow lint browser
 
-$(VENV)/.ready: pyproject.toml constraints.txt
+$(VENV)/.ready: pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# decord: lmms-eval's llava_hf wrapper imports it but does not declare it.
@@ -16,8 +16,12 @@ $(VENV)/.ready: pyproject.toml constraints.txt
 study: $(VENV)/.ready
 	$(BIN)/forgetbench study --out $(OUT) --overwrite
 
+# Both cores (pytest-xdist, as TRL and PEFT run their suites); tests that share an expensive fixture (the lab
+# baseline, the small study, trained lab checkpoints) carry one xdist_group so they share a worker. The 15 slowest
+# tests are printed: none of the default suite may take over 60 s.
+WORKERS ?= 2
 test: $(VENV)/.ready browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup --durations=15
 
 # The report test renders report.html in Debian's chromium (text read back with poppler's pdftotext). Installed
 # here when missing and we are root (CI is); elsewhere that one test skips and says why.
@@ -27,7 +31,7 @@ browser:
 	  echo "chromium or pdftotext missing: the report's browser test will skip"
 
 test-slow: $(VENV)/.ready
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow --durations=15
 
 lint: $(VENV)/.ready
 	$(BIN)/ruff check .

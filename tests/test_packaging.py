@@ -50,6 +50,13 @@ def test_wheel_ships_tasks_data_recipes_model_and_entry_point(tmp_path):
         "forgetbench/lab/base_model/tokenizer.json",
     ]:
         assert expected in names, expected
+    # Found, not listed (setup.py): every module, task file and recipe file of the tree is in the wheel.
+    tree = {f"forgetbench/{p.relative_to(REPO / 'forgetbench').as_posix()}"
+            for p in (REPO / "forgetbench").rglob("*.py")}
+    for top in ("tasks", "recipes"):
+        tree |= {f"forgetbench/{p.relative_to(REPO).as_posix()}" for p in (REPO / top).rglob("*")
+                 if p.is_file() and p.suffix in (".py", ".yaml", ".yml", ".parquet") or p.name.endswith("_yaml")}
+    assert tree - names == set()
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[lmms_eval.models]" in text and "forgetbench.evaluate.plugin:lmms_eval_entry_point" in text
