@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from forgetbench import outputs
-from forgetbench.compare import main, pairing, plots, scores, stages, stats
+from forgetbench.compare import columns, main, pairing, plots, render, report, scores, stages, stats
+from forgetbench.compare import runs as run_files
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_NAME = "2026-01-02T03-04-05.123456_results.json"
@@ -104,10 +105,18 @@ def invoke(tmp_path, pre: dict, post: dict, *extra: str, down=DOWN, up=UP):
     return main(argv), out
 
 
-@pytest.mark.parametrize("module", [scores, pairing, stats, outputs, stages, plots])
+@pytest.mark.parametrize("module", [scores, run_files, pairing, stats, columns, render, outputs, stages, plots])
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_schema_versions_are_the_documented_ones():
+    """The one place the schema literals are pinned: a bump changes them here and in docs/compare-schema.md; every
+    other test compares a report with the constants."""
+    assert (report.SCHEMA, stages.SCHEMA) == ("forgetbench.compare/2", "forgetbench.stages/1")
+    doc = (REPO / "docs" / "compare-schema.md").read_text(encoding="utf-8")
+    assert f"schema `{report.SCHEMA}`" in doc and f"schema `{stages.SCHEMA}`" in doc
 
 
 def test_e_f_o_table_and_json(tmp_path, runs, capsys):
@@ -119,7 +128,7 @@ def test_e_f_o_table_and_json(tmp_path, runs, capsys):
     assert data["F"] == pytest.approx(-5.0)
     assert data["O"] == pytest.approx(35.0)
     assert {"E", "F", "O", "tasks"} <= set(data)  # the walking skeleton's fields, extended
-    assert data["schema"] == "forgetbench.compare/2" and data["name"] == "post"
+    assert data["schema"] == report.SCHEMA and data["name"] == "post"
     assert data["pairing"] == {"mismatches": [], "dropped": {}}
     for key in ("E", "F", "O"):
         lo, hi = data[f"{key}_ci"]

@@ -9,7 +9,9 @@ import pytest
 from test_compare import DOWN, POST, PRE, UP, lmms_results, write_output
 
 from forgetbench.compare import CompareError, CompareOptions, compare_runs, find_results_file, main
-from forgetbench.compare.pairing import Mismatch, load_run, run_mismatches
+from forgetbench.compare.pairing import Mismatch, run_mismatches
+from forgetbench.compare.report import SCHEMA
+from forgetbench.compare.runs import load_run
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def test_many_posts_and_paths(tmp_path, dirs):
     comparison = compare_runs(dirs[0], [("a", dirs[1]), ("b", dirs[0])], ["chartqa", "docvqa"], ["mmbench", "pope"],
                               CompareOptions(resamples=0))
     report = comparison.report
-    assert report["schema"] == "forgetbench.compare/2" and list(report["methods"]) == ["a", "b"]
+    assert report["schema"] == SCHEMA and list(report["methods"]) == ["a", "b"]
     assert report["pareto"] == ["a", "b"] and report["methods"]["a"]["E_ci"] is None
     assert "Pareto" in comparison.table(relative=True)
 

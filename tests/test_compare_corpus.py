@@ -218,11 +218,30 @@ def test_table_names_metrics_lmms_eval_defines(task, yaml_file):
     assert scores.TASK_METRICS[task] in metrics and scores.TASK_METRICS[task] in scores.METRIC_SCALES
 
 
-def test_table_covers_both_groups_and_agrees_with_forgetbench_yamls():
+def test_table_holds_lmms_eval_tasks_only_and_forgetbench_tasks_declare_theirs():
+    """One declaration per fact: TASK_METRICS covers lmms-eval's own tasks of both groups; a forgetbench task's
+    metric and scale are declared once, in its YAML (metadata.forgetbench), never in the table; score_key (what
+    lmms-eval's --baseline reads) names the same metric."""
+    own = [task for task, entry in suite.TASKS.items() if entry.module != "reused"]
     for task in (*suite.UPSTREAM, *suite.DOWNSTREAM):
-        assert task in scores.TASK_METRICS, task
-    for task, entry in suite.TASKS.items():
-        if task in scores.TASK_METRICS and entry.module != "reused":  # lmms-eval's own tasks: checked above
-            config = suite.task_config(task)
-            assert config["metadata"]["forgetbench"]["primary_metric"] == scores.TASK_METRICS[task]
-            assert config["score_key"] == scores.TASK_METRICS[task]
+        assert (task in scores.TASK_METRICS) == (task not in own), task
+    assert not [task for task in scores.TASK_METRICS if task.startswith("forgetbench_")]
+    for task in own:
+        config = suite.task_config(task)
+        declared = config["metadata"]["forgetbench"]
+        assert declared["scale"] in scores.METRIC_SCALES.values() or declared["scale"] == "points", task
+        assert config["score_key"] == declared["primary_metric"], task
+        assert declared["primary_metric"] in [m["metric"] for m in config["metric_list"]], task
+
+
+def test_forgetbench_task_is_scored_from_its_recorded_config(tmp_path):
+    """compare reads a forgetbench task's metric and scale from the run (configs[task], as lmms-eval records the
+    YAML), not from a table: RSVQA lists average_accuracy and others beside its primary accuracy."""
+    task = "forgetbench_rsvqa_lr"
+    config = suite.task_config(task)
+    metrics = [m["metric"] for m in config["metric_list"]]
+    data = results({task: {m: 0.5 for m in reversed(metrics)}}, {task: list(reversed(metrics))}, {task: 4})
+    data["configs"][task]["metadata"] = {"version": 1.0, "forgetbench": dict(config["metadata"]["forgetbench"])}
+    assert scores.score(data, task, "--pre X", None, None) == ("accuracy", "fraction", 0.5)
+    del data["configs"][task]["metadata"]["forgetbench"]  # without it: the first listed metric, not a table entry
+    assert scores.primary_metric(data, task, "--pre X") == metrics[-1] != "accuracy"

@@ -7,7 +7,7 @@ import json
 import pytest
 from test_compare import lmms_results, write_output
 
-from forgetbench.compare.stages import main
+from forgetbench.compare.stages import SCHEMA, main
 
 # The worked example of docs/metrics.md: rows = after stage i, columns = tasks A, B, C (fractions).
 MATRIX = [[0.80, 0.10, 0.20], [0.85, 0.70, 0.25], [0.50, 0.65, 0.90]]
@@ -23,6 +23,7 @@ def test_worked_example(tmp_path, capsys):
     argv = [a for s in stage_dirs(tmp_path) for a in ("--stage", s)]
     assert main([*argv, "--json", str(tmp_path / "s.json"), "--out", str(tmp_path / "o")]) == 0
     data = json.loads((tmp_path / "s.json").read_text())
+    assert data["schema"] == SCHEMA and data["tasks"] == TASKS
     assert [v for row in data["matrix"] for v in row] == pytest.approx([80, 10, 20, 85, 70, 25, 50, 65, 90])
     assert (data["MFN"], data["MAA"], data["BWT"], data["AF"]) == pytest.approx((205 / 3, (80 + 77.5 + 205 / 3) / 3,
                                                                                 -17.5, 20.0))

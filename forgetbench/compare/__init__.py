@@ -15,9 +15,10 @@ The Python API (what ``forgetbench study`` calls)::
     comparison = compare_runs("eval/pre", [("lora", "eval/post")], ["chartqa"], ["mmbench"], CompareOptions())
     comparison.report["E"]; print(comparison.table()); comparison.write(json_path=Path("compare.json"))
 
-Modules: :mod:`.scores` (which metric, which scale), :mod:`.pairing` (reading runs, pairing checks),
+Modules: :mod:`.scores` (which metric, which scale), :mod:`.runs` (reading runs), :mod:`.pairing` (pairing checks),
 :mod:`.stats` (pure statistics), :mod:`.corpus` (per-image CIDEr and MME scores, for their intervals),
-:mod:`.report` (the comparison), :mod:`.render` and :mod:`.plots` (outputs),
+:mod:`.report` (the comparison), :mod:`.columns` (each task statistic declared once: field, cells),
+:mod:`.render` and :mod:`.plots` (outputs),
 :mod:`.cli` (``forgetbench compare``), :mod:`.stages` (``forgetbench stages``). See docs/metrics.md and
 docs/compare-schema.md.
 """
@@ -26,8 +27,8 @@ from __future__ import annotations
 
 from forgetbench.compare.cli import configure_parser, main, run
 from forgetbench.compare.errors import CompareError
-from forgetbench.compare.pairing import find_results_file
 from forgetbench.compare.report import CompareOptions, Comparison, compare_runs
+from forgetbench.compare.runs import find_results_file
 
 __all__ = ["CompareError", "CompareOptions", "Comparison", "compare_runs", "configure_parser", "find_results_file",
            "main", "run"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from forgetbench.compare import stats
@@ -23,6 +23,7 @@ from forgetbench.compare.report import (
     check_tasks,
     compare_runs,
 )
+from forgetbench.errors import command_main, emit, guarded
 
 PROG = "forgetbench compare"
 
@@ -119,38 +120,15 @@ def comparison_of(args: argparse.Namespace) -> Comparison:
     return compare_runs(args.pre, posts_of(args.post), downstream, upstream, options)
 
 
-def refuse(prog: str, exc: CompareError) -> int:
-    """Print ``exc`` as one line, whatever a path or an OS message may contain; the exit code is 2."""
-    print(f"{prog}: error: " + str(exc).replace("\r", " ").replace("\n", " "), file=sys.stderr)
-    return 2
-
-
-def emit(text: str) -> int:
-    """Print the table: 0, or 1 when stdout was closed early."""
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:  # e.g. `| head`: silence the flush at exit, as the Python docs advise
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``forgetbench compare``; returns the exit code (0 ok, 2 refused)."""
-    try:
-        comparison = comparison_of(args)
-        comparison.write(*(Path(p) if p is not None else None for p in (args.out, args.json_path)))
-    except CompareError as exc:
-        return refuse(PROG, exc)
+def _run(args: argparse.Namespace) -> int:
+    comparison = comparison_of(args)
+    comparison.write(*(Path(p) if p is not None else None for p in (args.out, args.json_path)))
     return emit(comparison.table(args.relative))
 
 
-def command_main(prog: str, configure: Callable[[argparse.ArgumentParser], None],
-                 run_args: Callable[[argparse.Namespace], int], argv: Sequence[str] | None) -> int:
-    """A command's ``main``: parse ``argv`` with the arguments ``configure`` adds, then ``run_args`` them."""
-    parser = argparse.ArgumentParser(prog=prog)
-    configure(parser)
-    return run_args(parser.parse_args(argv))
+def run(args: argparse.Namespace) -> int:
+    """Run ``forgetbench compare``; returns the exit code (0 ok, 2 refused, 1 stdout closed early)."""
+    return guarded(PROG, lambda: _run(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from forgetbench.errors import ForgetbenchError
 
-class CompareError(Exception):
+
+class CompareError(ForgetbenchError):
     """A refusal: bad input the user can fix. Printed as one line, exit 2."""

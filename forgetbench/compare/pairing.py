@@ -1,22 +1,21 @@
-"""Reading lmms-eval 0.7.x outputs (results.json, sample logs), the checkpoint manifest, and the pairing checks
-between a pre and a post run.
+"""Pairing a pre and a post run: are they the same evaluation? Which documents were scored (task sets, limit,
+sample counts, versions, doc ids and prompts, the checkpoint's lineage) and how they were asked and answered (the
+settings of docs/metrics.md, "Pairing"). Reading the runs is :mod:`.runs`'s part.
 
-A broken input is a :class:`~forgetbench.compare.errors.CompareError` (one line naming the input and what is
-wrong). A difference between two sound runs is a :class:`Mismatch`: ``--allow-mismatch`` may tolerate it, and
-code decides on its fields, never on its message.
+A difference between two sound runs is a :class:`Mismatch`: ``--allow-mismatch`` may tolerate it, and code decides
+on its fields, never on its message. A broken input is a :class:`~forgetbench.compare.errors.CompareError`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
-from forgetbench.checkpoint import MANIFEST_NAME, read_manifest, same_model
+from forgetbench.checkpoint import same_model
 from forgetbench.compare.errors import CompareError
+from forgetbench.compare.runs import Sample, model_args, pretrained
 
 # Mismatch fields of settings (how documents were asked and answered), as opposed to which documents were scored.
 SETTING_FIELDS = frozenset({"model", "model-backend", "dtype", "model-args", "chat-template", "system-instruction",
@@ -55,117 +54,6 @@ class Mismatch:
         if self.field in SETTING_FIELDS:
             return f"{self.message} (--allow-mismatch accepts it and lists it in the report)"
         return f"{self.message} (--allow-mismatch compares the common samples only)"
-
-
-def find_results_file(path: Path, label: str) -> Path:
-    """The single ``*_results.json`` in ``path`` or its immediate sub-folders.
-
-    ``path`` may also be the results file itself. ``label`` (e.g. ``--pre DIR``)
-    prefixes error messages.
-    """
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise CompareError(f"{label}: no such file or folder")
-    # lmms-eval writes OUT/<model_name_sanitized>/<date>_results.json.
-    found = sorted(path.glob("*_results.json")) + sorted(path.glob("*/*_results.json"))
-    if not found:
-        raise CompareError(f"{label}: not an lmms-eval output (no *_results.json here or one folder down)")
-    if len(found) > 1:
-        names = ", ".join(str(p) for p in found)
-        raise CompareError(f"{label}: several results files, pass one of them: {names}")
-    return found[0]
-
-
-def load_run(path: Path, label: str) -> dict:
-    """Load an lmms-eval results.json and check the parts forgetbench relies on.
-
-    The file's path is kept under the key ``"_file"`` (sample logs lie beside it).
-    """
-    file = find_results_file(path, label)
-    try:
-        with open(file, encoding="utf-8") as fh:
-            run = json.load(fh)
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError covers bad JSON and bad UTF-8
-        raise CompareError(f"{label}: not an lmms-eval output (cannot read {file.name} ({exc}))") from None
-    if not isinstance(run, dict) or not isinstance(run.get("results"), dict):
-        raise CompareError(f"{label}: not an lmms-eval output ({file} has no 'results' object)")
-    # Optional sections must at least have the right shape, so later code can index them.
-    for key in ("n-samples", "higher_is_better", "config", "configs", "versions"):
-        if not isinstance(run.setdefault(key, {}), dict):
-            raise CompareError(f"{label}: not an lmms-eval output ({file}: '{key}' is not an object)")
-    for task, res in run["results"].items():
-        if not isinstance(res, dict):
-            raise CompareError(f"{label}: not an lmms-eval output ({file}: results of '{task}' is not an object)")
-    run["_file"] = file
-    return run
-
-
-def pretrained(run: dict) -> str | None:
-    """The evaluated model: ``pretrained=`` of ``config.model_args`` (a ``k=v,k=v`` string or a mapping), else
-    ``model=`` (lmms-eval's vLLM wrapper names the checkpoint so), or None.
-
-    >>> pretrained({"config": {"model_args": "pretrained=/ckpt/lora,device=cpu"}})
-    '/ckpt/lora'
-    >>> pretrained({"config": {"model_args": {"pretrained": "org/model"}}})
-    'org/model'
-    >>> pretrained({"config": {"model": "vllm", "model_args": "model=/ckpt/lora,tensor_parallel_size=1"}})
-    '/ckpt/lora'
-    """
-    args = run["config"].get("model_args")
-    if isinstance(args, str):
-        args = dict(part.partition("=")[::2] for part in args.split(",") if "=" in part)
-    for key in ("pretrained", "model"):
-        value = args.get(key) if isinstance(args, dict) else None
-        if isinstance(value, str) and value.strip():
-            return value.strip()
-    return None
-
-
-def load_manifest(run: dict, label: str) -> dict | None:
-    """The forgetbench manifest of the checkpoint a run evaluated, or None when it has none.
-
-    The folder it was read from is kept under the key ``"_folder"``.
-    """
-    model = pretrained(run)
-    if model is None:
-        return None
-    file = Path(model) / MANIFEST_NAME
-    try:
-        manifest = read_manifest(model)
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError covers bad JSON and bad UTF-8
-        raise CompareError(f"{label}: manifest: cannot read {file.name} ({exc})") from None
-    if manifest is None:
-        return None
-    # base_model is null for a model trained from scratch (the lab base model's own manifest).
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("base_model", ""), (str, type(None))):
-        raise CompareError(f"{label}: manifest {file} has no 'base_model' string or null")
-    manifest["_folder"] = str(file.parent)
-    params = manifest.get("trainable_parameters")
-    if params is not None and (isinstance(params, bool) or not isinstance(params, int)):
-        raise CompareError(f"{label}: manifest {file}: 'trainable_parameters' is not an integer")
-    return manifest
-
-
-def load_unscorable(run: dict, label: str) -> dict[str, int] | None:
-    """Documents per task whose image ``--model forgetbench`` could not decode (answered without scoring), from
-    the ``unscorable*.json`` it writes (one per rank) beside the results folder; None when the run has none
-    (another wrapper, or an older forgetbench)."""
-    folder = run["_file"].parent
-    files = sorted(folder.glob("unscorable*.json")) or sorted(folder.parent.glob("unscorable*.json"))
-    if not files:
-        return None
-    counts: dict[str, int] = {}
-    for file in files:
-        try:
-            with open(file, encoding="utf-8") as fh:
-                items = json.load(fh)["items"]
-            for item in items:
-                counts[item["task"]] = counts.get(item["task"], 0) + 1
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CompareError(f"{label}: cannot read {file.name} ({type(exc).__name__}: {exc})") from None
-    return counts
 
 
 def manifest_mismatch(pre: dict, manifest: dict | None, label: str) -> Mismatch | None:
@@ -266,18 +154,6 @@ def show(value: object, width: int = 80) -> str:
     """
     text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
     return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def model_args(run: dict) -> dict:
-    """``config.model_args`` (a ``k=v,k=v`` string or a mapping) as a mapping of strings.
-
-    >>> model_args({"config": {"model_args": "pretrained=/m,dtype=bfloat16"}})
-    {'pretrained': '/m', 'dtype': 'bfloat16'}
-    """
-    args = run["config"].get("model_args")
-    if isinstance(args, str):
-        return {k.strip(): v.strip() for k, _, v in (p.partition("=") for p in args.split(",") if "=" in p)}
-    return {str(k): str(v) for k, v in args.items()} if isinstance(args, dict) else {}
 
 
 def _typed(text: str) -> object:
@@ -423,78 +299,6 @@ def setting_mismatches(pre: dict, post: dict, label: str, reference: str = "--pr
             out.append(Mismatch("task-config", *configs, f"{label}: config of task '{task}' differs from "
                                                          f"{reference}: {', '.join(found)}", task=task))
     return out
-
-
-@dataclass
-class Sample:
-    """One line of a sample log: what forgetbench needs of it."""
-
-    input: object
-    target: object
-    answer: object
-    value: float | None  # None: the metric is not a per-sample number (e.g. MME's dicts)
-    cluster: str | None
-    raw: object = None  # the logged metric value when it is not a number (a CIDEr or MME dict), else None
-
-
-def load_samples(run: dict, task: str, metric: str, cluster_key: str | None, label: str) -> dict[int, Sample] | None:
-    """``{doc_id: Sample}`` from ``<date>_samples_<task>.jsonl`` beside the results file, or None if absent.
-
-    ``metric`` is the bare metric name (per-sample values are logged under it). With ``cluster_key``, every
-    line must carry that field (the task's ``process_results`` returns it beside the metric), or the metric's
-    logged dict must (lmms-eval's convention for dict-valued metrics).
-    """
-    file: Path = run["_file"]
-    prefix = file.name[: -len("results.json")] if file.name.endswith("results.json") else None
-    path = file.parent / f"{prefix}samples_{task}.jsonl" if prefix else None
-    if path is None or not path.is_file():
-        return None
-    where = f"{label}: {path.name}"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, ValueError) as exc:
-        raise CompareError(f"{where}: cannot read ({exc})") from None
-    samples: dict[int, Sample] = {}
-    numeric = set()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            raise CompareError(f"{where} line {number}: not JSON ({exc})") from None
-        if not isinstance(row, dict):
-            raise CompareError(f"{where} line {number}: not a JSON object")
-        doc_id = row.get("doc_id")
-        if isinstance(doc_id, bool) or not isinstance(doc_id, int):
-            raise CompareError(f"{where} line {number}: 'doc_id' is missing or not an integer")
-        if doc_id in samples:
-            raise CompareError(f"{where} line {number}: duplicate doc_id {doc_id}")
-        for key in ("input", "target"):
-            if key not in row:
-                raise CompareError(f"{where} line {number}: no '{key}'")
-        value = row.get(metric)  # absent everywhere: a metric that is not logged per sample
-        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if is_number and not math.isfinite(value):
-            raise CompareError(f"{where} line {number}: '{metric}' is not a finite number: {value!r}")
-        numeric.add(is_number)
-        cluster = None
-        if cluster_key is not None:
-            # forgetbench's convention: a top-level field; lmms-eval's: a field of a dict-valued metric
-            cluster = row.get(cluster_key, value.get(cluster_key) if isinstance(value, dict) else None)
-            if not isinstance(cluster, (str, int)) or isinstance(cluster, bool):
-                raise CompareError(f"{where} line {number}: cluster key '{cluster_key}' is missing or not a "
-                                   f"string/integer")
-            cluster = str(cluster)
-        samples[doc_id] = Sample(row["input"], row["target"], row.get("filtered_resps"),
-                                 float(value) if is_number else None, cluster, None if is_number else value)
-    if len(numeric) > 1:
-        raise CompareError(f"{where}: '{metric}' is a number in some lines and missing or not a number in others")
-    effective = run["n-samples"].get(task, {}).get("effective") if isinstance(run["n-samples"].get(task), dict) \
-        else None
-    if effective is not None and effective != len(samples):
-        raise CompareError(f"{where}: {len(samples)} samples but n-samples says {effective}")
-    return samples
 
 
 def sample_log_mismatch(task: str, in_pre: bool, label: str) -> Mismatch:

@@ -1,5 +1,5 @@
 """Rendering a compare report (the dict of compare.json): the printed table, compare.md, compare.csv, and every
-output file's bytes, written all-or-nothing."""
+output file's bytes, written all-or-nothing. The per-task columns come from :data:`.columns.STATS`."""
 
 from __future__ import annotations
 
@@ -7,12 +7,18 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from forgetbench import outputs
+from forgetbench.compare import columns
+from forgetbench.compare.columns import interval_text, number_text
 from forgetbench.compare.errors import CompareError
 from forgetbench.compare.plots import ef_plot
 
-CSV_FIELDS = ("method", "task", "role", "metric", "scale", "pre", "post", "delta", "ci_low", "ci_high", "relative",
-              "n", "dropped", "forgotten", "learned", "mcnemar_p", "trainable_parameters")
 FORGOTTEN_FIELDS = ("method", "task", "doc_id", "input", "target", "pre_answer", "post_answer")
+
+
+def csv_fields() -> tuple[str, ...]:
+    """The columns of compare.csv: ``method, task``, every statistic's (:func:`.columns.csv_columns`),
+    ``trainable_parameters``."""
+    return ("method", "task", *(name for name, _ in columns.csv_columns()), "trainable_parameters")
 
 
 def methods_of(report: Mapping) -> dict:
@@ -24,32 +30,17 @@ def methods_of(report: Mapping) -> dict:
     return dict(report["methods"]) if "methods" in report else {report.get("name", "post"): report}
 
 
-def _num(x, sign: bool = True) -> str:
-    return "-" if x is None else (f"{x:+.2f}" if sign else f"{x:.2f}")
-
-
-def _ci(ci) -> str:
-    return "-" if not ci else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
-
-
-def _p(m) -> str:
-    return "-" if not m else f"{m['pvalue']:.3g}"
-
-
-def _task_grid(report: Mapping, relative: bool) -> list[tuple]:
-    """Rows per (method, task): the walking skeleton's six columns, then what the samples add."""
+def _task_grid(report: Mapping, relative: bool) -> tuple[list[tuple], int]:
+    """Rows per (method, task) with the columns of :func:`.columns.table_cells`, and the index of the first
+    right-aligned (numeric) column."""
     many = "methods" in report
-    header = (("method",) if many else ()) + ("task", "role", "metric", "pre", "post", "delta", "delta CI",
-                                              "forgot", "learned", "McNemar p") + (("rel %",) if relative else ())
-    rows = [header]
+    cells = columns.table_cells(relative)
+    prefix = ("method",) * many + ("task",)
+    rows = [prefix + tuple(cell.header for cell in cells)]
     for name, m in methods_of(report).items():
         for t, r in m["tasks"].items():
-            f = r.get("flips") or {}
-            rows.append((name,) * many + (t, r["role"], r["metric"], _num(r["pre"], False), _num(r["post"], False),
-                         _num(r["delta"]), _ci(r.get("delta_ci")), str(f.get("forgotten", "-")),
-                         str(f.get("learned", "-")), _p(r.get("mcnemar")))
-                        + ((_num(r.get("relative")),) if relative else ()))
-    return rows
+            rows.append((name,) * many + (t,) + tuple(cell.text(r) for cell in cells))
+    return rows, len(prefix) + next((i for i, cell in enumerate(cells) if cell.numeric), len(cells))
 
 
 def _summary_grid(report: Mapping) -> list[tuple]:
@@ -61,8 +52,8 @@ def _summary_grid(report: Mapping) -> list[tuple]:
     for name, m in methods.items():
         params = m.get("trainable_parameters")
         rows.append((name, "-" if params is None else f"{params:,}",
-                     *(c for k in "EFO" for c in (_num(m[k]), _ci(m.get(f"{k}_ci")))),
-                     "*" if name in front else "", *(_num(m["tasks"][t]["delta"]) for t in tasks)))
+                     *(c for k in "EFO" for c in (number_text(m[k]), interval_text(m.get(f"{k}_ci")))),
+                     "*" if name in front else "", *(number_text(m["tasks"][t]["delta"]) for t in tasks)))
     return rows
 
 
@@ -86,7 +77,7 @@ def _tolerated_lines(report: Mapping) -> list[str]:
 def format_table(report: Mapping, relative: bool = False) -> str:
     """Plain-text table: one row per task (per method), then E, F, O (2 decimals) or, for many methods, one
     summary row per method; then every pairing difference ``--allow-mismatch`` tolerated."""
-    lines = outputs.text_grid(_task_grid(report, relative), 4 + ("methods" in report))
+    lines = outputs.text_grid(*_task_grid(report, relative))
     if "methods" in report:
         return "\n".join(lines + ["", *outputs.text_grid(_summary_grid(report), 1)] + _tolerated_lines(report))
     conf = report.get("bootstrap", {}).get("confidence", 0.95)
@@ -95,7 +86,7 @@ def format_table(report: Mapping, relative: bool = False) -> str:
     lines.append("")
     for k, text in names.items():
         ci = report.get(f"{k}_ci")
-        lines.append(f"{text} = {report[k]:+.2f}" + (f"   {conf:.0%} CI {_ci(ci)}" if ci else ""))
+        lines.append(f"{text} = {report[k]:+.2f}" + (f"   {conf:.0%} CI {interval_text(ci)}" if ci else ""))
     return "\n".join(lines + _tolerated_lines(report))
 
 
@@ -104,10 +95,7 @@ def csv_records(report: Mapping) -> list[dict]:
     out = []
     for name, m in methods_of(report).items():
         for t, r in m["tasks"].items():
-            ci, f = r.get("delta_ci") or [None, None], r.get("flips") or {}
-            out.append({**r, "method": name, "task": t, "ci_low": ci[0], "ci_high": ci[1],
-                        "forgotten": f.get("forgotten"), "learned": f.get("learned"),
-                        "mcnemar_p": (r.get("mcnemar") or {}).get("pvalue"),
+            out.append({"method": name, "task": t, **{column: value(r) for column, value in columns.csv_columns()},
                         "trainable_parameters": m.get("trainable_parameters")})
         for k in "EFO":
             ci = m.get(f"{k}_ci") or [None, None]
@@ -124,7 +112,7 @@ def markdown(report: Mapping, relative: bool = True) -> str:
     return (f"# forgetbench compare\n\nPoints on 0-100; CI = {conf:.0%} paired bootstrap interval "
             f"({report['bootstrap']['resamples']} resamples, seed {report['bootstrap']['seed']}); "
             f"F < 0 means the model forgot.\n\n" + outputs.markdown_table(_summary_grid(report), 1)
-            + "\n\n" + outputs.markdown_table(_task_grid(report, relative), 4 + ("methods" in report)) + "\n"
+            + "\n\n" + outputs.markdown_table(*_task_grid(report, relative)) + "\n"
             + (differences if found else ""))
 
 
@@ -138,7 +126,7 @@ def render_files(report: Mapping, forgotten: list[dict], out: Path | None,
         methods = methods_of(report)
         files[out / "compare.json"] = outputs.json_bytes(report)
         files[out / "compare.md"] = markdown(report).encode()
-        files[out / "compare.csv"] = outputs.csv_bytes(csv_records(report), CSV_FIELDS)
+        files[out / "compare.csv"] = outputs.csv_bytes(csv_records(report), csv_fields())
         files[out / "forgotten.csv"] = outputs.csv_bytes(forgotten, FORGOTTEN_FIELDS)
         files[out / "learned.csv"] = outputs.csv_bytes(learned or [], FORGOTTEN_FIELDS)
         for ext, data in ef_plot(methods, report.get("pareto", list(methods))).items():

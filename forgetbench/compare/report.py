@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from forgetbench.compare import corpus, pairing, render, scores, stats
+from forgetbench.compare import columns, corpus, pairing, render, runs, scores, stats
+from forgetbench.compare.columns import TaskScore
 from forgetbench.compare.errors import CompareError
 
 SCHEMA = "forgetbench.compare/2"
@@ -83,45 +84,6 @@ def check_method_names(names: Sequence[str]) -> None:
 # One method: pre versus post
 # --------------------------------------------------------------------------
 
-@dataclass
-class TaskRow:
-    """One task of one method: a value of compare.json's ``tasks`` (fields in the JSON's order)."""
-
-    metric: str
-    pre: float
-    post: float
-    delta: float
-    role: str
-    scale: str
-    n: int | None
-    dropped: int
-    delta_ci: list[float] | None
-    flips: dict | None
-    mcnemar: dict | None
-    cluster_key: str | None
-    relative: float | None
-    unit: str | None
-    clusters: int | None
-    unscorable: dict | None  # {pre, post}: documents whose image --model forgetbench could not decode
-
-
-@dataclass
-class TaskScore:
-    """What one task's results and sample logs give, before E, F and O: ``points`` is (pre, post)."""
-
-    metric: str
-    scale: str
-    points: tuple[float, float]
-    cluster_key: str | None
-    n: int | None = None
-    dropped: int = 0
-    flips: dict | None = None
-    mcnemar: dict | None = None
-    deviations: np.ndarray | None = None  # bootstrap deviations of the delta (points)
-    unit: str | None = None  # what the bootstrap resamples: document, cluster, image, image pair
-    clusters: int | None = None  # how many of them the paired documents hold
-
-
 def _answer(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
@@ -142,12 +104,12 @@ class _Pair:
 
     def task(self, task: str, metric: str | None, scale: str | None, resamples: int, seed) -> TaskScore:
         """The score of one task, from results.json and the sample logs."""
-        runs = ((self.pre, self.pre_label), (self.post, self.label))
-        metric, scale, values = scores.paired_scores(runs, task, metric, scale)
+        both = ((self.pre, self.pre_label), (self.post, self.label))
+        metric, scale, values = scores.paired_scores(both, task, metric, scale)
         base = metric.split(",")[0]
         key = scores.cluster_key(self.pre, task, self.pre_label)
         out = TaskScore(metric, scale, tuple(stats.to_points(v, scale) for v in values), key)
-        pre_s, post_s = (pairing.load_samples(run, task, base, key, label) for run, label in runs)
+        pre_s, post_s = (runs.load_samples(run, task, base, key, label) for run, label in both)
         if (pre_s is None) != (post_s is None):
             self.mismatches.append(pairing.sample_log_mismatch(task, pre_s is not None, self.label))
         if pre_s is None or post_s is None:
@@ -185,6 +147,7 @@ class _Pair:
                 out.deviations = stats.stratified_deviations(
                     (units.post - units.pre) * factor, units.strata, resamples, np.random.default_rng(seed))
             return out
+        out.values = (vals[0] * factor, vals[1] * factor)
         clusters = [pre_s[d].cluster for d in common] if key else None
         out.unit, out.clusters = ("cluster", len(set(clusters))) if key else ("document", len(common))
         if resamples:
@@ -210,11 +173,11 @@ def compare_method(pre: dict, pre_label: str, name: str, post_path: str | Path, 
     """The report of one post run against ``pre``, its forgotten and its learned samples (rows of forgotten.csv
     and learned.csv)."""
     label = f"--post {post_path}"
-    pair = _Pair(pre, pre_label, pairing.load_run(Path(post_path), label), label, name)
+    pair = _Pair(pre, pre_label, runs.load_run(Path(post_path), label), label, name)
     tasks = downstream + upstream
     pair.mismatches += pairing.run_mismatches(pre, pair.post, tasks, pre_label, label)
-    manifest = pairing.load_manifest(pair.post, label)
-    unscorable = [pairing.load_unscorable(run, run_label) for run, run_label in ((pre, pre_label), (pair.post, label))]
+    manifest = runs.load_manifest(pair.post, label)
+    unscorable = [runs.load_unscorable(run, run_label) for run, run_label in ((pre, pre_label), (pair.post, label))]
     pair.mismatches += [m for m in [pairing.manifest_mismatch(pre, manifest, label)] if m]
     seeds = np.random.SeedSequence(options.seed).spawn(len(tasks))  # one stream per task: tasks independent
     scored = {task: pair.task(task, options.metrics.get(task), options.scales.get(task), options.resamples, seed)
@@ -230,14 +193,10 @@ def compare_method(pre: dict, pre_label: str, name: str, post_path: str | Path, 
         raise CompareError("scores too large: E, F or O is not finite")
     deviations = {t: s.deviations for t, s in scored.items() if s.deviations is not None}
     for task, s in scored.items():
-        r = report["tasks"][task]  # pre, post, delta, role
-        ci = stats.interval(r["delta"], s.deviations, options.confidence) if s.deviations is not None else None
-        report["tasks"][task] = asdict(TaskRow(
-            metric=s.metric, **r, scale=s.scale, n=s.n, dropped=s.dropped, delta_ci=ci, flips=s.flips,
-            mcnemar=s.mcnemar, cluster_key=s.cluster_key, relative=stats.relative_change(r["pre"], r["post"]),
-            unit=s.unit, clusters=s.clusters,
-            unscorable=None if unscorable == [None, None] else
-            {side: (counts or {}).get(task, 0) for side, counts in zip(("pre", "post"), unscorable, strict=True)}))
+        s.confidence = options.confidence
+        s.unscorable = None if unscorable == [None, None] else {
+            side: (counts or {}).get(task, 0) for side, counts in zip(("pre", "post"), unscorable, strict=True)}
+        report["tasks"][task] = columns.task_row(s, report["tasks"][task])  # from pre, post, delta, role
     cis = stats.efo_intervals(report, deviations, options.confidence) if options.resamples else dict.fromkeys("EFO")
     report.update({f"{k}_ci": v for k, v in cis.items()})
     report.update(name=name, post=str(post_path),
@@ -297,7 +256,7 @@ def compare_runs(pre: str | Path, posts: Sequence[tuple[str, str | Path]], downs
         raise CompareError("--post: no post run")
     check_method_names([name for name, _ in posts])
     pre_label = f"--pre {pre}"
-    pre_run = pairing.load_run(Path(pre), pre_label)
+    pre_run = runs.load_run(Path(pre), pre_label)
     methods, forgotten, learned = {}, [], []
     for name, path in posts:
         methods[name], lost, gained = compare_method(pre_run, pre_label, name, path, downstream, upstream, options)

@@ -16,6 +16,8 @@ from forgetbench import outputs
 from forgetbench.compare import cli, pairing, render, scores, stats
 from forgetbench.compare.errors import CompareError
 from forgetbench.compare.report import check_choice
+from forgetbench.compare.runs import load_manifest, load_run
+from forgetbench.errors import command_main, emit, guarded
 
 PROG = "forgetbench stages"
 SCHEMA = "forgetbench.stages/1"
@@ -62,7 +64,7 @@ def lineage_mismatches(tasks: Sequence[str], runs: Sequence[tuple[dict, str]]) -
     out = []
     for i in range(1, len(runs)):
         (previous, _), (run, label) = runs[i - 1], runs[i]
-        found = pairing.manifest_mismatch(previous, pairing.load_manifest(run, label), label)
+        found = pairing.manifest_mismatch(previous, load_manifest(run, label), label)
         if found is None:
             continue
         origin = "trained from scratch" if found.post is None else f"tuned from '{found.post}'"
@@ -87,7 +89,7 @@ def compare_stages(stages: Sequence[tuple[str, str | Path]], metrics: Mapping[st
         for task, value in choices.items():
             check_choice(option, task, value, tasks)
     labels = [f"--stage {t}={d}" for t, d in stages]
-    runs = [(pairing.load_run(Path(d), label), label) for d, label in zip(dirs, labels, strict=True)]
+    runs = [(load_run(Path(d), label), label) for d, label in zip(dirs, labels, strict=True)]
     for run, label in runs[1:]:
         found = pairing.run_mismatches(runs[0][0], run, tasks, runs[0][1], label, reference="the first stage")
         if found:
@@ -162,20 +164,21 @@ def _stages(args: argparse.Namespace) -> dict:
     return compare_stages(list(zip(tasks, dirs, strict=True)), metrics, scales, args.allow_lineage_mismatch)
 
 
+def _run(args: argparse.Namespace) -> int:
+    report = _stages(args)
+    out = Path(args.out) if args.out else None
+    render.write_files(render_files(report, out, Path(args.json_path) if args.json_path else None), out)
+    return emit(format_table(report))
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``forgetbench stages``; returns the exit code (0 ok, 2 refused)."""
-    try:
-        report = _stages(args)
-        out = Path(args.out) if args.out else None
-        render.write_files(render_files(report, out, Path(args.json_path) if args.json_path else None), out)
-    except CompareError as exc:
-        return cli.refuse(PROG, exc)
-    return cli.emit(format_table(report))
+    """Run ``forgetbench stages``; returns the exit code (0 ok, 2 refused, 1 stdout closed early)."""
+    return guarded(PROG, lambda: _run(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``forgetbench stages`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
-    return cli.command_main(PROG, configure_parser, run, argv)
+    return command_main(PROG, configure_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -84,8 +84,10 @@ def data_source(config: Mapping, folder: Path) -> tuple[str, bool]:
 def rows(metrics: Mapping[str, str] | None = None) -> list[dict]:
     """One record per registered task: ``task``, ``role``, ``source``, ``metric``, ``offline``.
 
-    ``metrics`` is the compare part's table of documented primary metrics (``forgetbench.compare.scores.
-    TASK_METRICS``), used where a task's YAML declares none (lmms-eval's own tasks).
+    A forgetbench task's metric is the one its YAML declares (``metadata.forgetbench.primary_metric``, the
+    declaration compare reads from the run). ``metrics`` is the compare part's table of lmms-eval's own tasks'
+    primary metrics (``forgetbench.compare.scores.TASK_METRICS``, passed in by ``forgetbench tasks``: suite imports
+    no other part), used for the reused tasks, whose lmms-eval YAML declares none.
     """
     out = []
     for name, task in TASKS.items():
