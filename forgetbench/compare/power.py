@@ -182,18 +182,6 @@ def phrase(delta: float, mde_points: float | None, significant: bool | None) -> 
 # Reading the runs
 # --------------------------------------------------------------------------
 
-def _reading():
-    """The module with compare's public reading functions (``load_run``, ``load_samples``): pairing, whose names
-    stay importable there, or the reading module it is being split into."""
-    from forgetbench.compare import pairing
-
-    if hasattr(pairing, "load_run") and hasattr(pairing, "load_samples"):
-        return pairing
-    from forgetbench.compare import runs
-
-    return runs
-
-
 def check_settings(delta: float, alpha: float, power: float, budget: float, flip_rate: float) -> None:
     """Refuse settings outside their range: one line each.
 
@@ -274,11 +262,10 @@ def measure_task(pre: dict, pre_label: str, post: dict | None, post_label: str |
     """One task's n, clusters, design effect and per-document variance of the paired difference (points^2), from
     the pair's sample logs (``post`` given) or assumed (``flip_rate``); pairing differences go to ``mismatches``.
     """
-    from forgetbench.compare import pairing, scores, stats
+    from forgetbench.compare import pairing, runs, scores, stats
 
-    reading = _reading()
-    runs = [(pre, pre_label)] + ([(post, post_label)] if post is not None else [])
-    metric, scale, values = scores.paired_scores(runs, task, metric, scale)
+    sides = [(pre, pre_label)] + ([(post, post_label)] if post is not None else [])
+    metric, scale, values = scores.paired_scores(sides, task, metric, scale)
     factor = stats.scale_factor(scale)[0]
     base = metric.split(",")[0]
     key = scores.cluster_key(pre, task, pre_label)
@@ -286,7 +273,7 @@ def measure_task(pre: dict, pre_label: str, post: dict | None, post_label: str |
            "design_effect": 1.0, "design_effect_source": "no cluster_key" if key is None else None,
            "variance": None, "variance_source": None, "variance_note": None,
            "delta": (values[1] - values[0]) * factor if post is not None else None, "flips": None}
-    logs = [reading.load_samples(run, task, base, key, label) for run, label in runs]
+    logs = [runs.load_samples(run, task, base, key, label) for run, label in sides]
     pre_s = logs[0]
     if post is not None:
         post_s = logs[1]
@@ -510,10 +497,10 @@ def power_report(pre: str | Path, posts: Sequence = (), tasks: Sequence[str] | N
     check_settings(delta, alpha, power, budget, flip_rate)
     if pre is None or str(pre) == "":
         raise CompareError("--pre DIR is required (the base model's lmms-eval output)")
-    from forgetbench.compare import pairing
+    from forgetbench.compare import pairing, runs
 
     pre_label = f"--pre {pre}"
-    pre_run = _reading().load_run(Path(pre), pre_label)
+    pre_run = runs.load_run(Path(pre), pre_label)
     roles = task_roles(pre_run, tasks, downstream, upstream)
     names = list(roles)
     missing = [t for t in names if t not in pre_run["results"]]
@@ -532,7 +519,7 @@ def power_report(pre: str | Path, posts: Sequence = (), tasks: Sequence[str] | N
     blocks = {}
     for name, path in _named(posts):
         label = f"--post {path}"
-        post_run = _reading().load_run(Path(path), label)
+        post_run = runs.load_run(Path(path), label)
         mismatches = list(pairing.run_mismatches(pre_run, post_run, names, pre_label, label))
         measured = {t: measure_task(pre_run, pre_label, post_run, label, t, metrics.get(t), scales.get(t),
                                     flip_rate, mismatches) for t in names}
