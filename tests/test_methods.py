@@ -1,8 +1,9 @@
 """Every method x architecture: the exact set of trainable parameter names, and that two optimizer steps change
 exactly those parameters and nothing else.
 
-The expected names are written here from literal module paths (read off models instantiated with transformers 5),
-not computed by forgetbench.train.methods / forgetbench.train.architectures, the code under test.
+Which methods there are comes from the table, forgetbench.train.methods.METHODS; what each trains does not: the
+expected names are written here from literal module paths (read off models instantiated with transformers 5), not
+computed by forgetbench.train.methods / forgetbench.train.architectures, the code under test.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
-"""Mitigations of forgetting (forgetbench/train/mitigations.py, docs/mitigations.md): replay, the KL / L2-SP anchor
-to the base, WiSE-FT and PEFT adapter merging, on the lab through the recipe and, where a recipe cannot run (no
-processor), on a random-init tiny model of every supported family through the functions themselves."""
+"""Mitigations of forgetting (forgetbench/train/mitigations/, docs/mitigations.md): the registry, replay, the KL /
+L2-SP anchor to the base, WiSE-FT and PEFT adapter merging, on the lab through the recipe and, where a recipe cannot
+run (no processor), on a random-init tiny model of every supported family through the functions themselves."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
+import subprocess
+import sys
 import types
 
 import pytest
@@ -20,6 +22,8 @@ from forgetbench.lab import tiny
 from forgetbench.suite import lab
 from forgetbench.train.architectures import LLAVA
 from forgetbench.train.mitigations import Anchor, MitigationError, main, merge_adapters, wise_ft
+
+ENV_OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 FAMILIES = ["lab", "llava-1.5", "llava-onevision", "qwen2-vl", "qwen2.5-vl"]
 # Short lab runs: no warm-up (the configs' first step has learning rate 0), a log every step.
@@ -83,6 +87,154 @@ def test_bad_values_are_refused_in_one_line_before_any_model_is_loaded(method, f
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"recipes/{method}.py: error: {message}")
     assert not (tmp_path / "out").exists()
+
+
+# --- the registry ---------------------------------------------------------------------------------------------------
+
+
+def test_the_registry_holds_each_mitigation_once_with_the_flags_it_reads():
+    import dataclasses
+
+    from forgetbench.train.mitigations import entries
+    from forgetbench.train.recipe import ForgetbenchArguments
+
+    found = {entry.name: [option.name for option in entry.options] for entry in entries()}
+    assert found == {"replay": ["replay_tasks", "replay_ratio"], "anchor": ["kl_weight", "l2sp_weight"],
+                     "wise": ["wise_alphas"]}
+    fields = {f.name: f for f in dataclasses.fields(ForgetbenchArguments)}
+    for entry in entries():
+        for option in entry.options:  # every flag a recipe flag, off by default, with the entry's help
+            assert fields[option.name].default is None and fields[option.name].metadata["help"] == option.help
+    labels = {entry.name: entry.label for entry in entries()}
+    assert labels == {"replay": "", "anchor": "", "wise": "WiSE-FT"}
+
+
+def test_a_plan_asks_each_entry_and_names_none_in_the_recipe():
+    """The recipe's only contact with the mitigations is a Plan: off, it changes nothing; on, the anchor substitutes
+    the trainer class and each entry writes its manifest keys."""
+    from trl import SFTTrainer
+
+    from forgetbench.train.methods import get_method
+    from forgetbench.train.mitigations import anchored_class, plan_mitigations
+
+    def args(**given):
+        return types.SimpleNamespace(**{**dict.fromkeys(("replay_tasks", "replay_ratio", "kl_weight", "l2sp_weight",
+                                                          "wise_alphas")), **given})
+
+    off = plan_mitigations(args(), get_method("lora"), "forgetbench_lab_digits")
+    assert off.active() == [] and off.trainer_class(SFTTrainer) == (SFTTrainer, {})
+    assert off.manifest_entry() == {"replay": None, "kl": None, "l2sp": None, "wise": None}
+    on = plan_mitigations(args(kl_weight=0.5, wise_alphas="0.25,1", replay_tasks="forgetbench_lab_color",
+                               replay_ratio=0.2), get_method("full_st"), "forgetbench_lab_digits")
+    assert [entry.name for entry, _ in on.active()] == ["replay", "anchor", "wise"]
+    assert on.trainer_class(SFTTrainer) == (anchored_class(SFTTrainer), {"kl_weight": 0.5, "l2sp_weight": None})
+    assert issubclass(anchored_class(SFTTrainer), SFTTrainer)
+    assert on.manifest_entry() == {
+        "replay": {"tasks": ["forgetbench_lab_color"], "ratio": 0.2, "stopping_strategy": "all_exhausted",
+                   "rows": None},
+        "kl": {"weight": 0.5, "base": None, "logged": []}, "l2sp": None,
+        "wise": {"alphas": [0.25, 1.0], "folders": ["wise-0.25", "wise-1"]}}
+
+
+def test_extra_points_come_from_the_manifest_through_the_registry(tmp_path):
+    from forgetbench.train import extra_points
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert extra_points(run) == []  # no manifest: nothing finished here
+    wise = {"alphas": [0.25, 0.5], "folders": ["wise-0.25", "wise-0.5"]}
+    manifest = {"method": "lora", "mitigations": {"replay": None, "kl": None, "l2sp": None, "wise": wise}}
+    (run / "forgetbench_manifest.json").write_text(json.dumps(manifest))
+    assert extra_points(run) == [("wise-0.25", run / "wise-0.25"), ("wise-0.5", run / "wise-0.5")]
+    (run / "forgetbench_manifest.json").write_text(json.dumps({"method": "lora"}))  # an older manifest
+    assert extra_points(run) == []
+    manifest["mitigations"]["wise"]["folders"] = ["../elsewhere"]
+    (run / "forgetbench_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MitigationError, match=r"names '\.\./elsewhere' as a WiSE-FT checkpoint, not a folder inside"):
+        extra_points(run)
+    (run / "forgetbench_manifest.json").write_text("{not json")
+    with pytest.raises(MitigationError, match="cannot read its manifest"):
+        extra_points(run)
+
+
+# A mitigation the package does not ship, as a new one would be written: one module, nothing else edited. The
+# subprocess adds its folder to the package's search path (as if the file were in forgetbench/train/mitigations/)
+# and rebuilds the recipe's arguments, which a fresh process does at import.
+DEMO_MODULE = '''
+from forgetbench.train.mitigations.entry import Entry, MitigationError, Option
+
+
+def check(args, context):
+    if args.demo_note == "bad":
+        raise MitigationError("--demo_note bad: refused")
+    return args.demo_note
+
+
+def mix_data(note, rows, seed):
+    return rows.select(range(8)), {"kept": 8}
+
+
+def trainer(note, base):
+    class DemoTrainer(base):
+        def __init__(self, *args, demo_note=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.demo_note = demo_note
+
+    return DemoTrainer, {"demo_note": note}
+
+
+def manifest(note, record, trainer):
+    return {"demo": None if note is None else {"note": note, "record": record, "trainer": type(trainer).__name__,
+                                               "trainer_note": trainer.demo_note}}
+
+
+def after_save(note, out_dir, base_path):
+    if note is None:
+        return []
+    (out_dir / "demo-1").mkdir()
+    return [out_dir / "demo-1"]
+
+
+MITIGATION = Entry(name="demo", order=40, options=(Option("demo_note", str | None, "demo: a note"),), check=check,
+                   mix_data=mix_data, trainer=trainer, manifest=manifest, after_save=after_save,
+                   points=lambda mitigations: ["demo-1"] if mitigations.get("demo") else [])
+'''
+DEMO_RUNNER = '''
+import importlib, json, sys
+import forgetbench.train.mitigations as mitigations
+mitigations.__path__.append(sys.argv[1])
+mitigations.entries.cache_clear()
+import forgetbench.train.recipe as recipe
+importlib.reload(recipe)
+from pathlib import Path
+from forgetbench.train import extra_points
+recipe.recipe_main("lora", sys.argv[3:])
+print(json.dumps([[name, str(path)] for name, path in extra_points(Path(sys.argv[2]))]))
+'''
+
+
+def test_a_new_mitigation_is_one_module_the_recipe_finds(tmp_path):
+    import os
+
+    (tmp_path / "plugin").mkdir()
+    (tmp_path / "plugin" / "demo.py").write_text(DEMO_MODULE)
+    out = tmp_path / "out"
+    common = [sys.executable, "-c", DEMO_RUNNER, str(tmp_path / "plugin"), str(out), "--config",
+              str(REPO / "recipes" / "configs" / "lab" / "lora.yaml"), "--output_dir", str(out), *SHORT,
+              "--max_steps", "1", "--lora_r", "2"]
+    env = {**os.environ, **ENV_OFFLINE}
+    refused = subprocess.run([*common, "--demo_note", "bad"], capture_output=True, text=True, env=env, timeout=600)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
+        "recipes/lora.py: error: --demo_note bad: refused")
+    assert not out.exists()
+    done = subprocess.run([*common, "--demo_note", "hello"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((out / "forgetbench_manifest.json").read_text())
+    assert manifest["mitigations"] == {"replay": None, "kl": None, "l2sp": None, "wise": None,
+                                       "demo": {"note": "hello", "record": {"kept": 8}, "trainer": "DemoTrainer",
+                                                "trainer_note": "hello"}}
+    assert manifest["data"]["rows"] == 8 and (out / "demo-1").is_dir()
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [["demo-1", str(out / "demo-1")]]
 
 
 # --- replay ---------------------------------------------------------------------------------------------------------
@@ -230,11 +382,15 @@ def assert_interpolates(base: dict, tuned: dict, wise: dict[float, dict]) -> Non
 def test_wise_alphas_write_interpolated_checkpoints_of_the_arm(tmp_path):
     from peft import PeftModel
 
+    from forgetbench.train import extra_points
+
     out, manifest = lab_run(tmp_path, "lora", "--wise_alphas", "0,0.5,1", "--lora_r", "2")
     base, tuned = weights(lab_base_model_path()), weights(out)
     wise = {alpha: weights(out / f"wise-{alpha:g}") for alpha in (0.0, 0.5, 1.0)}
     assert_interpolates(base, tuned, wise)
     assert manifest["mitigations"]["wise"] == {"alphas": [0.0, 0.5, 1.0], "folders": ["wise-0", "wise-0.5", "wise-1"]}
+    assert extra_points(out) == [("wise-0", out / "wise-0"), ("wise-0.5", out / "wise-0.5"), ("wise-1", out / "wise-1")]
+    assert extra_points(out / "wise-0.5") == []  # a WiSE-FT checkpoint's own manifest lists no further points
     half = json.loads((out / "wise-0.5" / "forgetbench_manifest.json").read_text())
     assert half["method"] == "lora+wise" and half["base_model"] == manifest["base_model"] == "forgetbench-lab"
     assert half["mitigations"]["wise"] == {"alpha": 0.5, "base": str(lab_base_model_path()), "tuned": str(out)}
@@ -342,3 +498,42 @@ def test_merge_command_refuses_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"python -m forgetbench.train.mitigations merge: error: {message}"]
     assert not (tmp_path / "out").exists()
+
+
+# --- the commands ---------------------------------------------------------------------------------------------------
+
+
+def test_forgetbench_wise_and_merge_refuse_in_one_line_with_their_own_name(tmp_path, capsys):
+    """What the single ``forgetbench`` command calls: configure_* adds the options, run_* returns the exit code."""
+    import argparse
+
+    from forgetbench.train.mitigations import configure_merge, configure_wise, run_merge, run_wise
+
+    wise, merge = argparse.ArgumentParser(), argparse.ArgumentParser()
+    configure_wise(wise)
+    configure_merge(merge)
+    args = wise.parse_args(["--base", "forgetbench-lab", "--tuned", str(tmp_path / "none"), "--alphas", "0.5,-1"])
+    assert run_wise(args) == 2
+    assert capsys.readouterr().err == (
+        "forgetbench wise: error: --alphas 0.5,-1: -1 is outside [0, 1] (0: the base model, 1: the tuned one)\n")
+    args = wise.parse_args(["--base", "forgetbench-lab", "--tuned", str(tmp_path / "none"), "--alphas", "0.5"])
+    assert run_wise(args) == 2
+    assert capsys.readouterr().err == f"forgetbench wise: error: {tmp_path / 'none'}: no such checkpoint folder\n"
+    args = merge.parse_args(["--base", "forgetbench-lab", "--adapters", str(tmp_path), "--weights", "1",
+                             "--combination", "linear", "--out", str(tmp_path / "merged")])
+    assert (args.seed, args.density) == (0, None)
+    assert run_merge(args) == 2
+    assert capsys.readouterr().err == "forgetbench merge: error: --adapters: merging needs at least two adapters\n"
+    assert not (tmp_path / "merged").exists()
+
+
+def test_the_module_entry_point_still_runs(tmp_path):
+    import os
+
+    done = subprocess.run([sys.executable, "-m", "forgetbench.train.mitigations", "wise", "--base", "forgetbench-lab",
+                           "--tuned", str(tmp_path), "--alphas", "2"], capture_output=True, text=True,
+                          env={**os.environ, **ENV_OFFLINE}, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "python -m forgetbench.train.mitigations wise: error: --alphas 2: 2 is outside [0, 1] (0: the base model, "
+        "1: the tuned one)"]

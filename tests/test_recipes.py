@@ -136,3 +136,41 @@ def test_qlora_refuses_a_layer_narrower_than_the_quantization_block_before_train
         "32 input features, not a multiple of bitsandbytes' 64-value 4-bit block, so its CPU kernels cannot run it; "
         "fix: use recipes/lora.py (LoRA without quantization) or a GPU")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_check_step_needs_no_model_and_yields_the_rows_the_run_trains_on(monkeypatch):
+    from forgetbench.checkpoint import lab_base_model_path
+    from forgetbench.train import recipe
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(recipe, "load_model", no_model)
+    args = parse_recipe_args(REPO / "recipes" / "configs" / "lab" / "lora.yaml", "--output_dir", "unused",
+                             "--replay_tasks", "forgetbench_lab_color", "--replay_ratio", "0.25")
+    args[3].method = "lora"
+    checked = recipe.check(recipe.Args(*args))
+    assert checked.method.name == "lora" and checked.model_path == str(lab_base_model_path())
+    assert (checked.resume, checked.probe, checked.skipped, checked.remote_code) == (None, None, [], False)
+    # replay's share of one pass over the 1,497 target rows: ceil(1497 * 0.25 / 0.75) = 499
+    assert checked.mitigations.records == {"replay": {"target": 1497, "forgetbench_lab_color": 499}}
+    assert len(checked.rows) >= 1497 + 499
+
+
+def test_ctrl_c_ends_a_recipe_with_one_line_and_status_130(tmp_path, capsys):
+    from transformers import TrainerCallback
+
+    from forgetbench.train import recipe_main
+
+    class Interrupt(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        recipe_main("lora", ["--config", str(REPO / "recipes" / "configs" / "lab" / "lora.yaml"), "--output_dir",
+                             str(out), "--max_steps", "2", "--lora_r", "2", "--disable_tqdm", "true"],
+                   callbacks=[Interrupt()])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "recipes/lora.py: interrupted; rerun to continue"
+    assert not (out / "forgetbench_manifest.json").exists()

@@ -1,6 +1,8 @@
 """The training part: one TRL SFT recipe per tuning method (``recipes/<method>.py``), the one table of methods
 (:mod:`~forgetbench.train.methods`), the one map of architectures to their parts
-(:mod:`~forgetbench.train.architectures`), and the checkpoint a recipe writes.
+(:mod:`~forgetbench.train.architectures`), the registry of mitigations of forgetting
+(:mod:`~forgetbench.train.mitigations`), and the checkpoint a recipe writes. :func:`extra_points` lists the extra
+evaluable checkpoints (WiSE-FT's) a finished run wrote beside its own.
 
 Imports the task registry (:mod:`forgetbench.suite`) and :mod:`forgetbench.checkpoint`; never the evaluation or
 comparison parts. Heavy libraries (torch, transformers, TRL, PEFT) load inside functions, so importing this package
@@ -13,9 +15,12 @@ import sys
 from pathlib import Path
 
 from forgetbench import recipes_path
-from forgetbench.train.recipe import ForgetbenchArguments, RecipeError, TrainingDiverged, recipe_main, run_recipe
+from forgetbench.train.errors import RecipeError, TrainingDiverged
+from forgetbench.train.mitigations import extra_points
+from forgetbench.train.recipe import ForgetbenchArguments, recipe_main, run_recipe
 
-__all__ = ["ForgetbenchArguments", "RecipeError", "TrainingDiverged", "launch_command", "recipe_main", "run_recipe"]
+__all__ = ["ForgetbenchArguments", "RecipeError", "TrainingDiverged", "extra_points", "launch_command", "recipe_main",
+           "run_recipe"]
 
 
 def launch_command(recipe: str, config: str | Path, overrides: list[str] = (), num_processes: int = 1,

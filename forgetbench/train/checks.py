@@ -1,5 +1,5 @@
 """A recipe's input checked before any model loads: the config file, every value's type and range, the model's
-config (architecture, layer count), with one-line refusals (:class:`~forgetbench.train.recipe.RecipeError`).
+config (architecture, layer count), with one-line refusals (:class:`~forgetbench.train.errors.RecipeError`).
 
 What is checked and why is in docs/faults.md. Warnings the libraries raise while this runs are held back
 (:class:`HeldWarnings`), so a refused run prints its one line only.
@@ -14,13 +14,10 @@ import math
 import warnings
 from pathlib import Path
 
-from forgetbench.train.recipe import RecipeError
+from forgetbench.errors import one_line
+from forgetbench.train.errors import RecipeError
 
 CONFIG_ONLY_KEYS = ("env",)  # TRL's own config key: environment variables to set
-
-
-def one_line(exc: BaseException | str) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def unwritten(out_dir: Path, exc: BaseException, outcome: str) -> str:

@@ -6,8 +6,9 @@ Every method can add the projector (``--tune_projector``) or the vision tower (`
 tunes; the vision tower is frozen otherwise. A PEFT method tunes those through PEFT's ``modules_to_save`` so the
 adapter holds them; a selective method simply unfreezes them.
 
-Freezing, ``parts_trained`` and the tests all derive from this table and the architecture map; nothing else
-decides what is trainable.
+Freezing and ``parts_trained`` derive from this table and the architecture map; nothing else decides what is
+trainable. tests/test_methods.py takes the list of methods from the table but writes each method's expected
+trainable names from literal module paths, so it checks the table rather than repeating it.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from forgetbench.train.architectures import Architecture, architecture_of
+from forgetbench.train.errors import RecipeError
 
 FAMILIES = ("reparameterization", "selective", "additive")
 
 
-class MethodError(ValueError):
-    """A method, its options or the model do not fit together; the message names the offending input."""
+class MethodError(RecipeError, ValueError):
+    """A method, its options or the model do not fit together; the message names the offending input. A
+    RecipeError, so a recipe prints it as one line; a ValueError, as it always was, for callers that catch that."""
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from transformers import TrainerCallback
 
 from forgetbench import suite
 from forgetbench.suite import lab
-from forgetbench.train.recipe import RecipeError
+from forgetbench.train.errors import RecipeError
 
 DEFAULT_EVERY = 50  # the cadence a --forgetting_budget without --probe_every probes at (overhead: docs/recipes.md)
 DEFAULT_LIMIT = 32

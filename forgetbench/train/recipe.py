@@ -1,19 +1,34 @@
-"""What every recipe shares: the arguments, the model, the trainer, and the checkpoint with its manifest.
+"""What every recipe shares: the arguments, and a run as named steps.
 
-A recipe (``recipes/<method>.py``) parses TRL's ``ScriptArguments``/``SFTConfig``/``ModelConfig`` plus
-:class:`ForgetbenchArguments` and calls :func:`run_recipe`; the method-specific part lives in
-:mod:`forgetbench.train.methods`.
+A recipe (``recipes/<method>.py``) calls :func:`recipe_main`, which parses TRL's
+``ScriptArguments``/``SFTConfig``/``ModelConfig`` plus :class:`ForgetbenchArguments` and calls :func:`run_recipe`:
+
+1. :func:`check`: everything that needs no model (values, the model's config, the training rows, the mitigations,
+   the probe), so a bad input is refused before anything heavy loads;
+2. :func:`load`: the processor and the model, prepared for the method;
+3. :func:`build_trainer`: TRL's SFTTrainer, or the class the mitigations substitute, with forgetbench's callbacks;
+4. :func:`train`: training, the divergence verdict, the weights gathered when sharded;
+5. :func:`save`: the checkpoint with its manifest (built in one place, :func:`build_manifest`), then the
+   mitigations' extra checkpoints.
+
+The method-specific part lives in :mod:`forgetbench.train.methods`, the mitigations in
+:mod:`forgetbench.train.mitigations`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from forgetbench.checkpoint import library_versions, resolve_model
-from forgetbench.train.data import load_sft_dataset, with_replay
+from forgetbench.errors import guarded
+from forgetbench.train.data import load_sft_dataset
+from forgetbench.train.errors import RecipeError, TrainingDiverged
+from forgetbench.train.mitigations import Plan, option_fields
 from forgetbench.train.save import (
     GatherError,
     configure_fsdp_wrap,
@@ -30,18 +45,13 @@ from forgetbench.train.save import (
 QUANTIZATION_BLOCK = 64
 
 
-class RecipeError(Exception):
-    """Bad input or a failed run: the recipe prints it as one line and exits 2."""
-
-
-class TrainingDiverged(RecipeError):
-    """The loss, gradient norm or weights became NaN or infinite."""
-
-
 @dataclass
-class ForgetbenchArguments:
+class RecipeOptions:
+    """forgetbench's own recipe flags; :class:`ForgetbenchArguments` adds the mitigations' after them."""
+
     method: str | None = field(
-        default=None, metadata={"help": "tuning method, a key of forgetbench.methods.METHODS (each recipe sets it)"}
+        default=None,
+        metadata={"help": "tuning method, a key of forgetbench.train.methods.METHODS (each recipe sets it)"},
     )
     tune_projector: bool = field(default=False, metadata={"help": "also tune the vision-language projector"})
     tune_vision_tower: bool = field(default=False, metadata={"help": "also tune the vision tower (frozen otherwise)"})
@@ -65,26 +75,22 @@ class ForgetbenchArguments:
         default=None, metadata={"help": "stop when F is below -P points with 95%% confidence; keep the last state "
                                         "within budget (turns the probe on)"}
     )
-    # Mitigations of forgetting (docs/mitigations.md; checked by forgetbench.train.mitigations.plan_mitigations).
-    replay_tasks: str | None = field(
-        default=None, metadata={"help": "replay: registered tasks a,b whose train rows are mixed into the data"}
-    )
-    replay_ratio: float | None = field(
-        default=None, metadata={"help": "replay: the share of replay rows in the training stream, in (0, 1)"}
-    )
-    kl_weight: float | None = field(
-        default=None, metadata={"help": "anchor: weight of KL(base || tuned) on the answer tokens (LwF); 0 logs it"}
-    )
-    l2sp_weight: float | None = field(
-        default=None, metadata={"help": "anchor: weight of ||theta - theta_0||^2 over trainable parameters (L2-SP)"}
-    )
-    wise_alphas: str | None = field(
-        default=None, metadata={"help": "WiSE-FT: alphas a,b in [0, 1]; writes OUTPUT_DIR/wise-<alpha>/ checkpoints"}
-    )
     skip_bad_rows: bool = field(
         default=False, metadata={"help": "train without the rows whose images cannot be read (refused otherwise); "
                                          "the manifest records them under skipped_rows"}
     )
+
+
+# The mitigations' flags (--replay_tasks, --replay_ratio, --kl_weight, --l2sp_weight, --wise_alphas) are declared by
+# their registry entries (forgetbench/train/mitigations/), so a new mitigation adds its flags without an edit here.
+ForgetbenchArguments = dataclasses.make_dataclass(
+    "ForgetbenchArguments", option_fields(), bases=(RecipeOptions,),
+    namespace={"__doc__": "Every forgetbench flag of a recipe: :class:`RecipeOptions` and the mitigations'.",
+               "__module__": __name__},
+)
+
+
+# --- what the steps share -------------------------------------------------------------------------------------------
 
 
 def parts_trained(model) -> dict[str, int]:
@@ -174,165 +180,250 @@ def load_model(model_path: str, method, model_args, training_args):
     return AutoModelForImageTextToText.from_pretrained(model_path, **kwargs), dtype
 
 
-def run_recipe(script_args, training_args, model_args, forgetbench_args: ForgetbenchArguments,
-               callbacks: Sequence = (), on_checked: Callable[[], None] | None = None) -> Path:
-    """Fine-tune ``model_args.model_name_or_path`` with one method on one dataset; returns the checkpoint folder.
 
-    ``callbacks``: extra ``TrainerCallback`` objects, after forgetbench's own divergence guard. ``on_checked``:
-    called once everything that needs no model has been checked, right before the model loads."""
+# --- a run, step by step --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Args:
+    """A run's parsed arguments: TRL's three and forgetbench's."""
+
+    script: Any  # trl.ScriptArguments
+    training: Any  # trl.SFTConfig
+    model: Any  # trl.ModelConfig
+    options: Any  # ForgetbenchArguments
+
+
+@dataclass
+class Checked:
+    """What :func:`check` established before any model loads."""
+
+    method: Any  # forgetbench.train.methods.Method
+    model_path: str  # what from_pretrained takes
+    remote_code: bool
+    resume: str | None  # the checkpoint to resume from
+    rows: Any  # the training rows, after the mitigations that change them
+    skipped: list  # forgetbench.suite.images.UnreadableRows left out with --skip_bad_rows
+    mitigations: Plan
+    probe: Any  # forgetbench.train.probe.ForgettingProbe, or None when off
+
+
+@dataclass
+class Loaded:
+    processor: Any
+    model: Any  # prepared for the method (frozen where it trains nothing)
+    dtype: Any  # what a full-precision reload uses
+    peft_config: Any  # None for a selective method
+
+
+@dataclass
+class Session:
+    trainer: Any
+    guard: Any  # forgetbench.train.callbacks.DivergenceGuard
+    trained_parts: dict[str, int]  # counted before training: parts_trained
+
+
+def check(args: Args) -> Checked:
+    """Everything that needs no model, checked before one loads (docs/faults.md): the method, the mitigations, the
+    probe, every value, the model's config, the training rows and every image in them."""
+    from forgetbench.train.checks import check_model_config, check_values, trusts_remote_code
+    from forgetbench.train.methods import MethodError, get_method
+    from forgetbench.train.mitigations import plan_mitigations
+    from forgetbench.train.probe import forgetting_probe
+
+    options, dataset = args.options, args.script.dataset_name
+    if options.method is None:
+        raise RecipeError("--method: not set (run a recipe, recipes/<method>.py, which sets it)")
+    try:
+        method = get_method(options.method)
+    except MethodError as exc:
+        raise RecipeError(f"--method: {exc}") from None
+    mitigations = plan_mitigations(options, method, dataset)
+    resume = _resume_target(args.training)
+    probe = forgetting_probe(options, dataset, resume)  # None when off
+    check_values(args.script, args.training, args.model, options)
+    model_path = resolve_model(args.model.model_name_or_path)
+    remote_code = trusts_remote_code(args.training, args.model)
+    check_model_config(model_path, args.model, method, options, remote_code)
+    check_quantizable(model_path, method, f"--model_name_or_path {args.model.model_name_or_path}")
+    rows, skipped = training_rows(args)
+    rows = mitigations.mix_data(rows, args.training.seed)
+    return Checked(method, model_path, remote_code, resume, rows, skipped, mitigations, probe)
+
+
+def training_rows(args: Args):
+    """The dataset's training rows (images read), cut to ``--max_train_samples``; and the unreadable rows left out
+    under ``--skip_bad_rows``."""
+    from forgetbench.suite.images import UnreadableRows
+    from forgetbench.train.checks import one_line
+
+    script = args.script
+    skipped: list[UnreadableRows] = []
+    try:
+        rows = load_sft_dataset(script.dataset_name, script.dataset_train_split, script.dataset_config,
+                                args.options.data_files,
+                                on_bad_rows=skipped.append if args.options.skip_bad_rows else None)
+    except UnreadableRows as exc:
+        raise RecipeError(f"--dataset_name {script.dataset_name}: {exc}; pass --skip_bad_rows to train "
+                          "without them") from None
+    except Exception as exc:  # datasets raises many kinds; the user needs to know which input was wrong
+        raise RecipeError(f"--dataset_name {script.dataset_name}: cannot load "
+                          f"(split {script.dataset_train_split}): {type(exc).__name__}: {one_line(exc)}") from None
+    if args.options.max_train_samples is not None:
+        keep = min(args.options.max_train_samples, len(rows))
+        rows = rows.shuffle(seed=args.training.seed).select(range(keep))
+    return rows, skipped
+
+
+def load(args: Args, checked: Checked) -> Loaded:
+    """The processor and the model (4-bit for QLoRA), frozen for the method; the seed is set first."""
     from transformers import AutoProcessor, set_seed
+
+    from forgetbench.train.checks import one_line
+    from forgetbench.train.methods import MethodError, prepare
+
+    # The Trainer's default filter replaces a NaN/inf loss by the running mean in the logs, hiding divergence.
+    args.training.logging_nan_inf_filter = False
+    set_seed(args.training.seed)
+    try:
+        processor = AutoProcessor.from_pretrained(checked.model_path, trust_remote_code=checked.remote_code)
+        model, dtype = load_model(checked.model_path, checked.method, args.model, args.training)
+    except (OSError, ValueError) as exc:  # huggingface_hub's HFValidationError is a ValueError
+        raise RecipeError(f"--model_name_or_path {args.model.model_name_or_path}: cannot load "
+                          f"({one_line(exc)})") from None
+    try:
+        peft_config = prepare(model, checked.method, args.model, args.options)
+    except (MethodError, ValueError) as exc:
+        raise RecipeError(str(exc)) from None
+    return Loaded(processor, model, dtype, peft_config)
+
+
+def build_trainer(args: Args, checked: Checked, loaded: Loaded, callbacks: Sequence = ()) -> Session:
+    """TRL's SFTTrainer, or the subclass the mitigations ask for, with the divergence guard first, then the
+    caller's callbacks, then the probe; refused when the processes would not train as the launcher was asked."""
     from trl import SFTTrainer
 
     from forgetbench.train.callbacks import DivergenceGuard
-    from forgetbench.train.methods import MethodError, get_method, prepare
 
-    if forgetbench_args.method is None:
-        raise RecipeError("--method: not set (run a recipe, recipes/<method>.py, which sets it)")
-    try:
-        method = get_method(forgetbench_args.method)
-    except MethodError as exc:
-        raise RecipeError(f"--method: {exc}") from None
-    from forgetbench.train.mitigations import anchored_trainer, manifest_entry, plan_mitigations, write_wise_checkpoints
-
-    mitigations = plan_mitigations(forgetbench_args, method, script_args.dataset_name)
-    resume = _resume_target(training_args)
-    from forgetbench.train.probe import forgetting_probe
-
-    probe = forgetting_probe(forgetbench_args, script_args.dataset_name, resume)  # None when off
-    # Everything that needs no model is checked before one loads (docs/faults.md): values, the model's config,
-    # the training rows and every image in them.
-    from forgetbench.suite.images import UnreadableRows
-    from forgetbench.train.checks import check_model_config, check_values, one_line, trusts_remote_code, unwritten
-
-    check_values(script_args, training_args, model_args, forgetbench_args)
-    model_path = resolve_model(model_args.model_name_or_path)
-    remote_code = trusts_remote_code(training_args, model_args)
-    check_model_config(model_path, model_args, method, forgetbench_args, remote_code)
-    check_quantizable(model_path, method, f"--model_name_or_path {model_args.model_name_or_path}")
-    skipped: list[UnreadableRows] = []
-    try:
-        train = load_sft_dataset(script_args.dataset_name, script_args.dataset_train_split,
-                                 script_args.dataset_config, forgetbench_args.data_files,
-                                 on_bad_rows=skipped.append if forgetbench_args.skip_bad_rows else None)
-    except UnreadableRows as exc:
-        raise RecipeError(f"--dataset_name {script_args.dataset_name}: {exc}; pass --skip_bad_rows to train "
-                          "without them") from None
-    except Exception as exc:  # datasets raises many kinds; the user needs to know which input was wrong
-        raise RecipeError(f"--dataset_name {script_args.dataset_name}: cannot load "
-                          f"(split {script_args.dataset_train_split}): {type(exc).__name__}: {one_line(exc)}") from None
-    if forgetbench_args.max_train_samples is not None:
-        keep = min(forgetbench_args.max_train_samples, len(train))
-        train = train.shuffle(seed=training_args.seed).select(range(keep))
-    replay_rows = None
-    if mitigations.replay_tasks:
-        try:
-            train, replay_rows = with_replay(train, mitigations.replay_tasks, mitigations.replay_ratio,
-                                             training_args.seed)
-        except ValueError as exc:
-            raise RecipeError(f"--replay_tasks {exc}") from None
-    if on_checked is not None:
-        on_checked()
-
-    # The Trainer's default filter replaces a NaN/inf loss by the running mean in the logs, hiding divergence.
-    training_args.logging_nan_inf_filter = False
-    set_seed(training_args.seed)
-    try:
-        processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=remote_code)
-        model, dtype = load_model(model_path, method, model_args, training_args)
-    except (OSError, ValueError) as exc:  # huggingface_hub's HFValidationError is a ValueError
-        raise RecipeError(f"--model_name_or_path {model_args.model_name_or_path}: cannot load "
-                          f"({one_line(exc)})") from None
-    try:
-        peft_config = prepare(model, method, model_args, forgetbench_args)
-    except (MethodError, ValueError) as exc:
-        raise RecipeError(str(exc)) from None
-
-    configure_fsdp_wrap(model)  # read by accelerate's FSDP plugin, which the Trainer builds next
-    guard = DivergenceGuard()
-    trainer_class = anchored_trainer(mitigations) if mitigations.anchored else SFTTrainer
-    trainer = trainer_class(model=model, args=training_args, train_dataset=train, processing_class=processor,
-                            peft_config=peft_config, callbacks=[guard, *callbacks, *([probe] if probe else [])])
+    configure_fsdp_wrap(loaded.model)  # read by accelerate's FSDP plugin, which the Trainer builds next
+    guard, probe = DivergenceGuard(), checked.probe
+    trainer_class, extra = checked.mitigations.trainer_class(SFTTrainer)
+    trainer = trainer_class(model=loaded.model, args=args.training, train_dataset=checked.rows,
+                            processing_class=loaded.processor, peft_config=loaded.peft_config,
+                            callbacks=[guard, *callbacks, *([probe] if probe else [])], **extra)
     if probe:
         probe.trainer = trainer  # it logs through the trainer
     refusal = distributed_refusal(trainer)
     if refusal:
         raise RecipeError(refusal)
-    trained_parts = parts_trained(trainer.model)
-    trainer.train(resume_from_checkpoint=resume)
-    out_dir = Path(training_args.output_dir)
-    if guard.diverged:
+    return Session(trainer, guard, parts_trained(trainer.model))
+
+
+def train(args: Args, checked: Checked, loaded: Loaded, session: Session):
+    """Train; a divergence raises :class:`TrainingDiverged` naming the last good checkpoint. Returns the model to
+    save (gathered to rank 0 when sharded; None on the other ranks then)."""
+    trainer = session.trainer
+    trainer.train(resume_from_checkpoint=checked.resume)
+    out_dir = Path(args.training.output_dir)
+    if session.guard.diverged:
         last = last_complete_checkpoint(out_dir)
         raise TrainingDiverged(
-            f"training diverged at {guard.diverged}; stopped without saving. Last good checkpoint: "
+            f"training diverged at {session.guard.diverged}; stopped without saving. Last good checkpoint: "
             + (f"{last} (resume with --resume_from_checkpoint {last}, e.g. at a lower learning rate)" if last
                else "none (set save_strategy: steps to keep one)")
         )
     model = trainer.accelerator.unwrap_model(trainer.model)
     if sharded(trainer):
         try:
-            model = gather_for_merge(trainer, model_path, dtype)
+            model = gather_for_merge(trainer, checked.model_path, loaded.dtype)
         except GatherError as exc:
             raise RecipeError(f"{exc}; nothing was saved in {out_dir}") from None
+    return model
 
-    if trainer.accelerator.is_main_process:
-        manifest = {
-            "base_model": model_args.model_name_or_path,
-            "base_model_path": model_path,
-            "method": method.name,
-            "method_family": method.family,
-            "tuned": {"tune_projector": forgetbench_args.tune_projector,
-                      "tune_vision_tower": forgetbench_args.tune_vision_tower,
-                      **({"top_k": forgetbench_args.top_k} if method.name == "top_layers" else {}),
-                      **({"peft": peft_config.to_dict()} if peft_config is not None else {})},
-            "trainable_parameters": sum(trained_parts.values()),
-            "trainable_parameters_by_part": trained_parts,
-            "trainable_parameter_names": trainable_names(trainer.model),
-            "total_parameters": sum(p.numel() for p in trainer.model.parameters()),
-            "quantization": "bitsandbytes 4-bit (LLM decoder layers)" if method.quantize_4bit else None,
-            "merged": method.mergeable,
-            "merge": ("none: a soft prompt cannot be folded into weights; load adapter/ with PEFT" if not
-                      method.mergeable else "adapter merged into a full-precision reload of the base" if
-                      method.quantize_4bit else "in memory" if peft_config is not None else "not needed"),
-            "data": {"dataset": script_args.dataset_name, "split": script_args.dataset_train_split, "rows": len(train)},
-            "skipped_rows": skipped[0].manifest_entry() if skipped else None,
-            "trust_remote_code": remote_code,
-            "mitigations": manifest_entry(mitigations, trainer, replay_rows),
-            "seed": training_args.seed,
-            "distributed": distributed_entry(trainer),
-            "steps": trainer.state.global_step,
-            "final_train_loss": next(
-                (log["train_loss"] for log in reversed(trainer.state.log_history) if "train_loss" in log), None
-            ),
-            "losses": [[log["step"], log["loss"]] for log in trainer.state.log_history if "loss" in log],
-            "train_seconds": next(
-                (log["train_runtime"] for log in reversed(trainer.state.log_history) if "train_runtime" in log), None
-            ),
-            "versions": library_versions(),
-        }
-        if probe:
-            manifest["probe"] = probe.manifest_entry()
-        if method.quantize_4bit:
-            manifest["merge_dtype"] = None if dtype in (None, "auto") else str(dtype).removeprefix("torch.")
-        from safetensors import SafetensorError  # what safetensors raises for a full disk
 
-        try:  # all-or-nothing: a failure removes the staging folder and leaves out_dir as it was
-            save_checkpoint(model, processor, out_dir, manifest,
-                            merge_from_base=model_path if method.quantize_4bit else None)
-        except (OSError, SafetensorError) as exc:
-            raise RecipeError(unwritten(out_dir, exc, "the checkpoint was not saved and what the folder held is "
-                                                      "unchanged")) from None
-        try:
-            write_wise_checkpoints(out_dir, model_path, mitigations.wise_alphas)  # also clears an earlier run's
-        except (OSError, SafetensorError) as exc:
-            raise RecipeError(unwritten(out_dir, exc, "the checkpoint is saved, its WiSE-FT checkpoints are "
-                                                      "not")) from None
-    trainer.accelerator.wait_for_everyone()
+def build_manifest(args: Args, checked: Checked, loaded: Loaded, session: Session) -> dict:
+    """The manifest of the checkpoint (``forgetbench_manifest.json``): the one place that says what it holds."""
+    method, options, trainer = checked.method, args.options, session.trainer
+    history = trainer.state.log_history
+    manifest = {
+        "base_model": args.model.model_name_or_path,
+        "base_model_path": checked.model_path,
+        "method": method.name,
+        "method_family": method.family,
+        "tuned": {"tune_projector": options.tune_projector,
+                  "tune_vision_tower": options.tune_vision_tower,
+                  **({"top_k": options.top_k} if method.name == "top_layers" else {}),
+                  **({"peft": loaded.peft_config.to_dict()} if loaded.peft_config is not None else {})},
+        "trainable_parameters": sum(session.trained_parts.values()),
+        "trainable_parameters_by_part": session.trained_parts,
+        "trainable_parameter_names": trainable_names(trainer.model),
+        "total_parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "quantization": "bitsandbytes 4-bit (LLM decoder layers)" if method.quantize_4bit else None,
+        "merged": method.mergeable,
+        "merge": ("none: a soft prompt cannot be folded into weights; load adapter/ with PEFT" if not
+                  method.mergeable else "adapter merged into a full-precision reload of the base" if
+                  method.quantize_4bit else "in memory" if loaded.peft_config is not None else "not needed"),
+        "data": {"dataset": args.script.dataset_name, "split": args.script.dataset_train_split,
+                 "rows": len(checked.rows)},
+        "skipped_rows": checked.skipped[0].manifest_entry() if checked.skipped else None,
+        "trust_remote_code": checked.remote_code,
+        "mitigations": checked.mitigations.manifest_entry(trainer),
+        "seed": args.training.seed,
+        "distributed": distributed_entry(trainer),
+        "steps": trainer.state.global_step,
+        "final_train_loss": next((log["train_loss"] for log in reversed(history) if "train_loss" in log), None),
+        "losses": [[log["step"], log["loss"]] for log in history if "loss" in log],
+        "train_seconds": next((log["train_runtime"] for log in reversed(history) if "train_runtime" in log), None),
+        "versions": library_versions(),
+    }
+    if checked.probe:
+        manifest["probe"] = checked.probe.manifest_entry()
+    if method.quantize_4bit:
+        manifest["merge_dtype"] = None if loaded.dtype in (None, "auto") else str(loaded.dtype).removeprefix("torch.")
+    return manifest
+
+
+def save(args: Args, checked: Checked, loaded: Loaded, model, manifest: dict) -> Path:
+    """The checkpoint, all-or-nothing (a failure leaves ``output_dir`` as it was), then the mitigations' extra
+    checkpoints. On the main process only."""
+    from safetensors import SafetensorError  # what safetensors raises for a full disk
+
+    from forgetbench.train.checks import unwritten
+
+    out_dir = Path(args.training.output_dir)
+    try:
+        save_checkpoint(model, loaded.processor, out_dir, manifest,
+                        merge_from_base=checked.model_path if checked.method.quantize_4bit else None)
+    except (OSError, SafetensorError) as exc:
+        raise RecipeError(unwritten(out_dir, exc, "the checkpoint was not saved and what the folder held is "
+                                                  "unchanged")) from None
+    checked.mitigations.after_save(out_dir, checked.model_path)  # also clears an earlier run's extra checkpoints
     return out_dir
+
+
+def run_recipe(script_args, training_args, model_args, forgetbench_args: ForgetbenchArguments,
+               callbacks: Sequence = (), on_checked: Callable[[], None] | None = None) -> Path:
+    """Fine-tune ``model_args.model_name_or_path`` with one method on one dataset; returns the checkpoint folder.
+
+    ``callbacks``: extra ``TrainerCallback`` objects, after forgetbench's own divergence guard. ``on_checked``:
+    called once everything that needs no model has been checked, right before the model loads."""
+    args = Args(script_args, training_args, model_args, forgetbench_args)
+    checked = check(args)
+    if on_checked is not None:
+        on_checked()
+    loaded = load(args, checked)
+    session = build_trainer(args, checked, loaded, callbacks)
+    model = train(args, checked, loaded, session)
+    accelerator = session.trainer.accelerator
+    if accelerator.is_main_process:
+        save(args, checked, loaded, model, build_manifest(args, checked, loaded, session))
+    accelerator.wait_for_everyone()
+    return Path(training_args.output_dir)
 
 
 def recipe_main(method: str, argv: list[str] | None = None, callbacks: Sequence = ()) -> None:
     """The whole of a recipe: parse TRL's and forgetbench's arguments (``--config`` YAML plus overrides), train
-    ``method``; bad input or divergence ends the process with a one-line message and exit status 2.
+    ``method``; bad input or divergence ends the process with a one-line message and exit status 2 (Ctrl-C: 130).
     ``callbacks``: extra ``TrainerCallback`` objects (see :func:`run_recipe`).
 
     Until the model loads, the libraries' warnings are held back: a refused run prints its one line only."""
@@ -340,7 +431,8 @@ def recipe_main(method: str, argv: list[str] | None = None, callbacks: Sequence 
 
     argv = list(sys.argv[1:] if argv is None else argv)
     held = HeldWarnings()
-    try:
+
+    def run() -> None:
         from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
         parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, ForgetbenchArguments))
@@ -355,9 +447,11 @@ def recipe_main(method: str, argv: list[str] | None = None, callbacks: Sequence 
                               f"recipes/{forgetbench_args.method}.py")
         forgetbench_args.method = method
         run_recipe(script_args, training_args, model_args, forgetbench_args, callbacks, on_checked=held.show)
-    except RecipeError as exc:
-        held.drop()  # a no-op once shown: warnings raised before training have been shown
-        print(f"recipes/{method}.py: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+
+    try:
+        # A refused run drops the held warnings (a no-op once shown: those raised before training were shown).
+        code = guarded(f"recipes/{method}.py", run, on_error=held.drop)
     finally:
         held.show()  # anything else: the warnings may explain it
+    if code:
+        sys.exit(code)

@@ -50,7 +50,7 @@ def save_checkpoint(model, processor, out_dir: Path, manifest: dict, merge_from_
                 merged = merge_adapter_into_base(staging / "adapter", merge_from_base, manifest.get("merge_dtype"))
             else:
                 merged = model.merge_and_unload()
-        merged.save_pretrained(staging, safe_serialization=True)
+        merged.save_pretrained(staging)  # transformers 5 writes safetensors only (no switch left)
         processor.save_pretrained(staging)
         manifest_path(staging).write_bytes(manifest_bytes(manifest))
 
