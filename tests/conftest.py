@@ -14,11 +14,37 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The study caches baselines under the user's cache folder: the tests get one of their own, shared by the session.
-os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="forgetbench-test-cache-")
+# The study caches baselines under the user's cache folder: the tests get one of their own, shared by every xdist
+# worker of one run (a cache entry has one writer at a time; the others wait and reuse it).
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _RUN:
+    os.environ["XDG_CACHE_HOME"] = str(Path(tempfile.gettempdir()) / f"forgetbench-test-cache-{_RUN}")
+    Path(os.environ["XDG_CACHE_HOME"]).mkdir(exist_ok=True)
+else:
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="forgetbench-test-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
+# Module- and session-scoped fixtures that cost nothing to build twice: they do not pull their users onto one worker.
+CHEAP_SHARED_FIXTURES = {"lab_model", "summary", "one_thread"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Under ``--dist loadgroup`` (make test), tests that share an expensive module- or session-scoped fixture of
+    tests/ (a study, a trained checkpoint, an lmms-eval run) run on one worker, so it is built once per run rather
+    than once per worker. An explicit ``xdist_group`` mark wins. Which worker runs a group never changes a result."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") or not hasattr(item, "_fixtureinfo"):
+            continue
+        shared = sorted(
+            f"{defs[-1].func.__module__}.{name}" for name, defs in item._fixtureinfo.name2fixturedefs.items()
+            if defs and defs[-1].scope in ("module", "session") and name not in CHEAP_SHARED_FIXTURES
+            and defs[-1].func.__module__.split(".")[-1].startswith(("test_", "conftest")))
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
 
 
 def run_command(command: list[str], cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
