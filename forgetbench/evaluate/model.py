@@ -321,9 +321,8 @@ class ImageTextModel(lmms):
                 groups.setdefault((task, split, doc_id, context), []).append(index)
             # Documents of one batch share a forward pass over their prefixes (and one over all their choices).
             batches = list(groups.values())
-            per_pass = 1 if self._position_ids_are_3d else self.batch_size
-            for start in range(0, len(batches), per_pass):
-                chunk = batches[start : start + per_pass]
+            for start in range(0, len(batches), self.batch_size):
+                chunk = batches[start : start + self.batch_size]
                 scored = self._each_readable(self._score_shared_prefixes,
                                              [[arguments[i] for i in indexes] for indexes in chunk],
                                              lambda group: [self.UNSCORED] * len(group))
@@ -349,15 +348,33 @@ class ImageTextModel(lmms):
 
     @property
     def _position_ids_are_3d(self) -> bool:
-        """Qwen2-VL's M-RoPE positions (time, height, width) come from the model's own rope index: its prefixes are
-        scored one document at a time, without padding, and the model places the continuation itself."""
+        """Qwen2-VL's and Qwen2.5-VL's M-RoPE: positions are (time, height, width) triples from the model's own rope
+        index, which places an image's tokens on its grid and the text after it from the grid's largest side."""
         return hasattr(self.model, "model") and hasattr(self.model.model, "get_rope_index")
+
+    def _prefix_positions(self, inputs) -> torch.Tensor:
+        """Position ids of a left-padded batch of prefixes: ``(batch, length)`` counting real tokens only, or with
+        M-RoPE ``(3, batch, length)`` from the model's rope index (which skips padding). Given explicitly, so that
+        the continuations can be placed after them: transformers 5.23's Qwen2-VL derives a cached pass's positions
+        from the whole attention mask (prefix and new tokens), a length that does not fit the new tokens."""
+        mask = inputs["attention_mask"]
+        if not self._position_ids_are_3d:
+            return (mask.cumsum(-1) - 1).clamp(min=0)
+        grids = {key: inputs[key] for key in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")
+                 if key in inputs}
+        types = inputs.get("mm_token_type_ids")
+        if types is None:
+            types = torch.zeros_like(inputs["input_ids"])
+        positions, _deltas = self.model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=types,
+                                                             attention_mask=mask, **grids)
+        return positions
 
     def _score_shared_prefixes(self, groups: list[list[tuple]]) -> list[list[GenerationResult | None]]:
         """Score each group's choices (one group: one document's context and images) from its cached prefix.
 
-        The prefixes are encoded in one left-padded batch (positions count real tokens only), then every choice
-        of every group in one batch over the cached keys and values, each row reading its own group's prefix."""
+        The prefixes are encoded in one left-padded batch (positions count real tokens only; M-RoPE triples come
+        from the model's rope index, :meth:`_prefix_positions`), then every choice of every group in one batch over
+        the cached keys and values, each row reading its own group's prefix and placed after its last position."""
         prompts, images, continuations = [], [], []
         for batch in groups:
             context, _, doc_to_visual, doc_id, task, split = batch[0]
@@ -371,10 +388,9 @@ class ImageTextModel(lmms):
             return results
         inputs = self._encode(prompts, images, "left")
         mask = inputs["attention_mask"]
-        padded = len(groups) > 1 and not self._position_ids_are_3d
         with torch.inference_mode():
-            positions = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if padded else {}
-            prefix = self.model(**inputs, **positions, use_cache=True)
+            positions = self._prefix_positions(inputs)
+            prefix = self.model(**inputs, position_ids=positions, use_cache=True)
             first = torch.log_softmax(prefix.logits[:, -1].float(), dim=-1)
             longest = max(len(continuations[g][i]) for g, i in rows)
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -382,6 +398,8 @@ class ImageTextModel(lmms):
             for row, (g, i) in enumerate(rows):
                 ids[row, : len(continuations[g][i])] = torch.tensor(continuations[g][i], device=self._device)
             owner = torch.tensor([g for g, _ in rows], device=self._device)
+            # A continuation's tokens follow its prefix's last position (left padding: the last column is real).
+            following = positions[..., -1:] + 1 + torch.arange(longest, device=self._device)
             log_probs = []
             # Choices in chunks, each over its own copy of the rows' prefixes: a 100-way question with a long label
             # list would otherwise copy its prefix's keys and values 100 times at once.
@@ -391,11 +409,9 @@ class ImageTextModel(lmms):
                 # Right padding after each continuation only follows its real tokens, so causal attention keeps it
                 # from changing them.
                 attention = torch.cat([mask[owner[chunk]], torch.ones_like(ids[chunk])], dim=1)
-                if padded:
-                    begin = mask.sum(dim=1)[owner[chunk], None]
-                    positions = {"position_ids": begin + torch.arange(longest, device=self._device)[None]}
+                chunk_positions = following.index_select(-2, owner[chunk])
                 logits = self.model(input_ids=ids[chunk], attention_mask=attention, past_key_values=cache,
-                                    use_cache=True, **positions).logits
+                                    position_ids=chunk_positions, use_cache=True).logits
                 log_probs.append(torch.log_softmax(logits.float(), dim=-1))
             log_probs = torch.cat(log_probs)
         for row, (g, i) in enumerate(rows):
