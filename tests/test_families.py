@@ -50,8 +50,10 @@ def one_thread():
 CPU = ["--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false", "--dtype", "float32"]
 DATA = ["--dataset_name", "forgetbench_lab_digits"]
 RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.py") if p.stem != "__init__")
-# The default suite trains one recipe per family (every method of the three among them); `-m slow` trains all.
-DEFAULT_RECIPES = {"llava-1.5": "qlora", "llava-onevision": "full_st", "qwen2-vl": "lora", "qwen2.5-vl": "lora"}
+# The default suite trains lora, full_st and qlora on every family (about a second each); `-m slow` the other
+# eight recipes. Each family's evaluation reads one of these checkpoints.
+DEFAULT_METHODS = ("lora", "full_st", "qlora")
+EVALUATED = {"llava-1.5": "qlora", "llava-onevision": "full_st", "qwen2-vl": "lora", "qwen2.5-vl": "full_st"}
 
 
 def run_family_recipe(method: str, family: str, model: Path, out: Path, *extra: str) -> Path:
@@ -371,7 +373,7 @@ def lmms_eval_wrapper_runs(family: str, path: Path) -> dict:
 def test_recipe_output_evaluates_in_lmms_eval_own_wrapper_and_in_forgetbench_model(family, trained):
     """The merged checkpoint a recipe wrote loads in lmms-eval's wrapper for the family (llava_hf, qwen2_vl,
     qwen2_5_vl) and in --model forgetbench, which also scores the closed-set task by likelihood."""
-    path = trained(family, DEFAULT_RECIPES[family])
+    path = trained(family, EVALUATED[family])
     theirs = lmms_eval_wrapper_runs(family, path)
     ours = evaluate("forgetbench", f"pretrained={path}", ["forgetbench_lab_color", "forgetbench_lab_color_closed"])
     assert ours["n-samples"]["forgetbench_lab_color_closed"]["effective"] == 4
@@ -383,7 +385,7 @@ def test_recipe_output_evaluates_in_lmms_eval_own_wrapper_and_in_forgetbench_mod
 
 # -- 3. every recipe trains every family from its real-model config ---------------------------------------------------
 
-RECIPE_CASES = [pytest.param(family, method, marks=() if DEFAULT_RECIPES[family] == method else pytest.mark.slow,
+RECIPE_CASES = [pytest.param(family, method, marks=() if method in DEFAULT_METHODS else pytest.mark.slow,
                              id=f"{family}-{method}") for family in FAMILY_NAMES for method in RECIPES]
 
 
