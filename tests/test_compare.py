@@ -105,7 +105,7 @@ def invoke(tmp_path, pre: dict, post: dict, *extra: str, down=DOWN, up=UP):
     return main(argv), out
 
 
-@pytest.mark.parametrize("module", [scores, run_files, pairing, stats, columns, render, outputs, stages, plots])
+@pytest.mark.parametrize("module", [scores, run_files, pairing, stats, columns, render, report, outputs, stages, plots])
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.failed == 0 and result.attempted > 0

@@ -190,7 +190,7 @@ def write_state(root, state) -> dict:
 def test_base_state_is_valid(tmp_path, capsys):
     dirs = write_state(tmp_path, base_state())
     assert main(["--pre", str(dirs["pre"]), "--post", str(dirs["post"]), "--downstream", "a",
-                 "--upstream", "b,c", "--resamples", "50"]) == 0
+                 "--upstream", "b,c", "--resamples", "100"]) == 0
 
 
 def test_fuzz_malformed_and_mismatched_inputs(tmp_path, capsys):
@@ -209,7 +209,7 @@ def test_fuzz_malformed_and_mismatched_inputs(tmp_path, capsys):
         dirs = write_state(root, state)
         out, report = root / "out", root / "report.json"
         rc = main(["--pre", str(dirs["pre"]), "--post", str(dirs["post"]), "--downstream", "a", "--upstream",
-                   "b,c", "--resamples", "50", "--json", str(report), "--out", str(out)])
+                   "b,c", "--resamples", "100", "--json", str(report), "--out", str(out)])
         captured = capsys.readouterr()
         names = [m.__name__ for m in mutations]
         assert rc == 2, (case, names, captured.out[-300:])

@@ -15,8 +15,10 @@ TASKS = ["A", "B", "C"]
 
 
 def stage_dirs(tmp_path, matrix=MATRIX):
-    return [f"{t}={write_output(tmp_path / f's{i}', lmms_results(dict(zip(TASKS, row, strict=True))))}"
-            for i, (t, row) in enumerate(zip(TASKS, matrix, strict=True))]
+    """One run per stage, each of its own model (the model after that stage)."""
+    runs = [lmms_results(dict(zip(TASKS, row, strict=True)), pretrained=f"org/after-{t}")
+            for t, row in zip(TASKS, matrix, strict=True)]
+    return [f"{t}={write_output(tmp_path / f's{i}', run)}" for i, (t, run) in enumerate(zip(TASKS, runs, strict=True))]
 
 
 def test_worked_example(tmp_path, capsys):
@@ -48,7 +50,7 @@ def test_refusals(tmp_path, capsys, argv_of, fragment):
 
 def test_stages_must_be_evaluated_alike(tmp_path, capsys):
     dirs = stage_dirs(tmp_path)
-    results = lmms_results(dict(zip(TASKS, MATRIX[1], strict=True)), limit=5)
+    results = lmms_results(dict(zip(TASKS, MATRIX[1], strict=True)), limit=5, pretrained="org/after-B")
     dirs[1] = f"B={write_output(tmp_path / 'other', results)}"
     assert main([a for s in dirs for a in ("--stage", s)]) == 2
     assert "limit differs from the first stage" in capsys.readouterr().err

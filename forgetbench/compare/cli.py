@@ -15,10 +15,12 @@ from pathlib import Path
 from forgetbench.compare import stats
 from forgetbench.compare.errors import CompareError
 from forgetbench.compare.report import (
+    MIN_RESAMPLES,
     CompareOptions,
     Comparison,
     check_bootstrap,
     check_choice,
+    check_outputs,
     check_roles,
     check_tasks,
     compare_runs,
@@ -98,9 +100,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="write compare.json, compare.md, compare.csv, forgotten.csv, "
                                                      "learned.csv, ef.png and ef.svg into DIR (created if needed)")
     parser.add_argument("--resamples", type=int, default=10000, metavar="B",
-                        help="bootstrap resamples for the intervals; 0 turns them off (default: %(default)s)")
+                        help=f"bootstrap resamples for the intervals, at least {MIN_RESAMPLES}; 0 turns them off "
+                             "(default: %(default)s)")
     parser.add_argument("--confidence", type=float, default=0.95, help="interval level (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed, >= 0 (default: %(default)s)")
     parser.add_argument("--allow-mismatch", action="store_true",
                         help="compare only the samples both runs share instead of refusing differing runs")
     parser.add_argument("--relative", action="store_true", help="add post/pre - 1 (in %%) to the printed table")
@@ -111,13 +114,15 @@ def comparison_of(args: argparse.Namespace) -> Comparison:
     downstream = task_list(args.downstream, "--downstream")
     upstream = task_list(args.upstream, "--upstream")
     check_roles(downstream, upstream)
-    check_bootstrap(args.resamples, args.confidence)
+    check_bootstrap(args.resamples, args.confidence, args.seed)
+    posts = posts_of(args.post)
+    check_outputs([args.pre, *(path for _, path in posts)], args.out, args.json_path)  # before the work, not after
     tasks = downstream + upstream
     options = CompareOptions(resamples=args.resamples, confidence=args.confidence, seed=args.seed,
                              allow_mismatch=args.allow_mismatch,
                              metrics=assignments(args.metric, "--metric", tasks),
                              scales=assignments(args.metric_scale, "--metric-scale", tasks))
-    return compare_runs(args.pre, posts_of(args.post), downstream, upstream, options)
+    return compare_runs(args.pre, posts, downstream, upstream, options)
 
 
 def _run(args: argparse.Namespace) -> int:

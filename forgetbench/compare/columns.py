@@ -94,9 +94,11 @@ def _value(field: str) -> Callable[[Row], object]:
     return lambda row: row.get(field)
 
 
-def _same(field: str, header: str | None = None, numeric: bool = False) -> Cell:
-    """A column showing the field as it is (text) in every table."""
-    return Cell(header or field, lambda row: str(row[field]), lambda row: str(row[field]), numeric=numeric)
+def _text(field: str, html: bool = True) -> Cell:
+    """A left-aligned column showing the field as it is (in report.html too, with ``html``)."""
+    def cell(row: Row) -> str:
+        return str(row[field])
+    return Cell(field, cell, cell if html else None, numeric=False)
 
 
 def _points(field: str, sign: bool) -> Cell:
@@ -124,9 +126,8 @@ def _delta_ci(score: TaskScore, base: Mapping) -> list[float] | None:
 
 
 STATS: tuple[Stat, ...] = (
-    Stat("role", _base("role"), (_same("role"),), (("role", _value("role")),)),
-    Stat("metric", _score("metric"), (Cell("metric", lambda row: row["metric"], numeric=False),),
-         (("metric", _value("metric")),)),
+    Stat("role", _base("role"), (_text("role"),), (("role", _value("role")),)),
+    Stat("metric", _score("metric"), (_text("metric", html=False),), (("metric", _value("metric")),)),
     Stat("scale", _score("scale"), csv=(("scale", _value("scale")),)),
     Stat("pre", _base("pre"), (_points("pre", sign=False),), (("pre", _value("pre")),)),
     Stat("post", _base("post"), (_points("post", sign=False),), (("post", _value("post")),)),

@@ -3,7 +3,7 @@ output file's bytes, written all-or-nothing. The per-task columns come from :dat
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from forgetbench import outputs
@@ -19,6 +19,31 @@ def csv_fields() -> tuple[str, ...]:
     """The columns of compare.csv: ``method, task``, every statistic's (:func:`.columns.csv_columns`),
     ``trainable_parameters``."""
     return ("method", "task", *(name for name, _ in columns.csv_columns()), "trainable_parameters")
+
+
+# Leading characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(value):
+    """A CSV cell no spreadsheet runs: text that starts like a formula gets a leading single quote, as OWASP's CSV
+    injection advice says; numbers (and None) are left as they are.
+
+    >>> spreadsheet_text("=HYPERLINK(1)"), spreadsheet_text("-5"), spreadsheet_text(-5.0), spreadsheet_text("cat")
+    ("'=HYPERLINK(1)", "'-5", -5.0, 'cat')
+    """
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
+def csv_bytes(records: Sequence[Mapping], fields: Sequence[str]) -> bytes:
+    """:func:`forgetbench.outputs.csv_bytes` with every text cell, the header's included, made
+    :func:`spreadsheet_text`: answers, questions, task and method names come from the runs and the command line.
+
+    >>> csv_bytes([{"task": "=1+1", "delta": -1.5}], ["task", "delta"])
+    b"task,delta\\r\\n'=1+1,-1.5\\r\\n"
+    """
+    return outputs.csv_bytes([{spreadsheet_text(k): spreadsheet_text(v) for k, v in record.items()}
+                              for record in records], [spreadsheet_text(f) for f in fields])
 
 
 def methods_of(report: Mapping) -> dict:
@@ -126,9 +151,9 @@ def render_files(report: Mapping, forgotten: list[dict], out: Path | None,
         methods = methods_of(report)
         files[out / "compare.json"] = outputs.json_bytes(report)
         files[out / "compare.md"] = markdown(report).encode()
-        files[out / "compare.csv"] = outputs.csv_bytes(csv_records(report), csv_fields())
-        files[out / "forgotten.csv"] = outputs.csv_bytes(forgotten, FORGOTTEN_FIELDS)
-        files[out / "learned.csv"] = outputs.csv_bytes(learned or [], FORGOTTEN_FIELDS)
+        files[out / "compare.csv"] = csv_bytes(csv_records(report), csv_fields())
+        files[out / "forgotten.csv"] = csv_bytes(forgotten, FORGOTTEN_FIELDS)
+        files[out / "learned.csv"] = csv_bytes(learned or [], FORGOTTEN_FIELDS)
         for ext, data in ef_plot(methods, report.get("pareto", list(methods))).items():
             files[out / f"ef.{ext}"] = data
     return files

@@ -58,9 +58,19 @@ def check_roles(downstream: Sequence[str], upstream: Sequence[str]) -> None:
         raise CompareError(f"task(s) both downstream and upstream: {', '.join(both)}")
 
 
-def check_bootstrap(resamples: int, confidence: float) -> None:
+# Fewer resamples put 2 or 3 of them in each tail of a 95 % interval: its ends would be single draws.
+MIN_RESAMPLES = 100
+
+
+def check_bootstrap(resamples: int, confidence: float, seed: int = 0) -> None:
+    """Refuse interval settings that would give no interval worth printing, or a numpy traceback."""
     if resamples < 0 or not 0 < confidence < 1:
         raise CompareError("--resamples must be >= 0 and --confidence between 0 and 1")
+    if 0 < resamples < MIN_RESAMPLES:
+        raise CompareError(f"--resamples {resamples}: use 0 (no intervals) or at least {MIN_RESAMPLES}; fewer leave "
+                           f"each end of the interval to a couple of resamples")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise CompareError(f"--seed {seed}: must be a whole number >= 0")
 
 
 def check_choice(option: str, task: str, value: str, tasks: Sequence[str]) -> None:
@@ -72,6 +82,31 @@ def check_choice(option: str, task: str, value: str, tasks: Sequence[str]) -> No
             stats.scale_factor(value)
         except ValueError:
             raise CompareError(f"{option}: scale of '{task}' must be {stats.SCALE_HELP}, got {value!r}") from None
+
+
+def check_outputs(inputs: Sequence[str | Path], out: str | Path | None, json_path: str | Path | None) -> None:
+    """Refuse ``--out``/``--json`` equal to or inside an input run (after resolving links): outputs are never
+    written over or into what is being read. A run is the path given and, for a results file, the folder holding
+    it (its sample logs lie there); an output folder that merely contains the runs (``OUT`` of a study, with
+    ``OUT/eval/pre``) is fine.
+
+    >>> check_outputs(["/runs/pre"], "/runs/pre/report", None)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    forgetbench.compare.errors.CompareError: --out /runs/pre/report: inside the input run /runs/pre; write ...
+    >>> check_outputs(["/study/eval/pre"], "/study", "/study/compare.json")
+    """
+    runs_read = set()
+    for given in inputs:
+        path = Path(given).resolve()
+        runs_read |= {path, path.parent} if path.is_file() else {path}
+    for option, target in (("--out", out), ("--json", json_path)):
+        if target is None:
+            continue
+        resolved = Path(target).resolve()
+        for run in sorted(runs_read):
+            if resolved == run or run in resolved.parents:
+                raise CompareError(f"{option} {target}: inside the input run {run}; write outputs elsewhere")
 
 
 def check_method_names(names: Sequence[str]) -> None:
@@ -118,15 +153,17 @@ class _Pair:
         self.mismatches += found
         lost = len(pre_s) + len(post_s) - 2 * len(common)
         numeric = bool(common) and pre_s[common[0]].value is not None and post_s[common[0]].value is not None
-        vals = [np.array([s[d].value for d in common]) for s in (pre_s, post_s)] if numeric else None
-        if numeric and not lost:
-            means = [float(np.mean(v)) for v in vals]
+        if numeric:
+            # Each log against its own run's aggregate, over all its documents, before any is dropped and whatever
+            # --allow-mismatch says: that flag tolerates other settings, never a log that contradicts its results.
+            means = [float(np.mean([x.value for x in log.values()])) for log in (pre_s, post_s)]
             if not all(abs(m - v) <= 1e-9 + 1e-6 * abs(v) for m, v in zip(means, values, strict=True)):
                 if scores.is_mean(self.pre, task, base):
                     raise CompareError(f"{self.label}: task '{task}': per-sample '{base}' averages to "
                                        f"{means[0]:.6g} (pre) / {means[1]:.6g} (post) but results say "
                                        f"{values[0]:.6g} / {values[1]:.6g}")
                 numeric = False  # a corpus-level score (CIDEr, MME): no per-sample statistics
+        vals = [np.array([s[d].value for d in common]) for s in (pre_s, post_s)] if numeric else None
         if lost:
             self.dropped[task] = {"pre": len(pre_s) - len(common), "post": len(post_s) - len(common)}
             out.dropped = lost
@@ -223,6 +260,7 @@ class Comparison:
     report: dict
     forgotten: list[dict]
     learned: list[dict] = field(default_factory=list)
+    inputs: tuple[str, ...] = ()  # the runs read (pre, then every post), which no output may be written into
 
     def table(self, relative: bool = False) -> str:
         """The plain-text table ``forgetbench compare`` prints (``relative``: add post/pre - 1 in %)."""
@@ -231,8 +269,9 @@ class Comparison:
     def write(self, out: Path | None = None, json_path: Path | None = None) -> None:
         """Write ``json_path`` (the report) and, into ``out`` (created if needed), compare.json, compare.md,
         compare.csv, forgotten.csv, learned.csv, ef.png and ef.svg: all or nothing; an OSError is a
-        CompareError."""
+        CompareError, and so is an output inside an input run (:func:`check_outputs`)."""
         out, json_path = (Path(p) if p is not None else None for p in (out, json_path))
+        check_outputs(self.inputs, out, json_path)
         render.write_files(render.render_files(self.report, self.forgotten, out, json_path, self.learned), out)
 
 
@@ -247,7 +286,7 @@ def compare_runs(pre: str | Path, posts: Sequence[tuple[str, str | Path]], downs
     check_tasks(upstream, "--upstream")
     downstream, upstream = list(downstream), list(upstream)
     check_roles(downstream, upstream)
-    check_bootstrap(options.resamples, options.confidence)
+    check_bootstrap(options.resamples, options.confidence, options.seed)
     tasks = downstream + upstream
     for option, choices in (("--metric", options.metrics), ("--metric-scale", options.scales)):
         for task, value in choices.items():
@@ -264,7 +303,8 @@ def compare_runs(pre: str | Path, posts: Sequence[tuple[str, str | Path]], downs
         learned += gained
     shared = {"schema": SCHEMA, "pre": str(pre),
               "bootstrap": {"resamples": options.resamples, "confidence": options.confidence, "seed": options.seed}}
+    inputs = (str(pre), *(str(path) for _, path in posts))
     if len(methods) == 1:
-        return Comparison({**next(iter(methods.values())), **shared}, forgotten, learned)
+        return Comparison({**next(iter(methods.values())), **shared}, forgotten, learned, inputs)
     front = stats.pareto_front({n: (m["E"], m["F"]) for n, m in methods.items()})
-    return Comparison({**shared, "methods": methods, "pareto": front}, forgotten, learned)
+    return Comparison({**shared, "methods": methods, "pareto": front}, forgotten, learned, inputs)

@@ -9,11 +9,27 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgetbench.checkpoint import MANIFEST_NAME, read_manifest
+from forgetbench.checkpoint import manifest_path, read_manifest
 from forgetbench.compare.errors import CompareError
+
+
+def read_regular(file: Path, label: str) -> str:
+    """The UTF-8 text of ``file``, refusing anything but a regular file (a FIFO, a device, a folder) in one line.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO named like a results file can neither
+    hang the command nor be swapped in between a check and the read. OSError and UnicodeDecodeError (a
+    ValueError) reach the caller, which names the input.
+    """
+    fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with open(fd, "rb") as fh:  # closes fd
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise CompareError(f"{label}: {file} is not a regular file")
+        return fh.read().decode("utf-8")
 
 
 def find_results_file(path: Path, label: str) -> Path:
@@ -26,7 +42,7 @@ def find_results_file(path: Path, label: str) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise CompareError(f"{label}: no such file or folder")
+        raise CompareError(f"{label}: {'not a regular file or folder' if path.exists() else 'no such file or folder'}")
     # lmms-eval writes OUT/<model_name_sanitized>/<date>_results.json.
     found = sorted(path.glob("*_results.json")) + sorted(path.glob("*/*_results.json"))
     if not found:
@@ -44,8 +60,7 @@ def load_run(path: Path, label: str) -> dict:
     """
     file = find_results_file(path, label)
     try:
-        with open(file, encoding="utf-8") as fh:
-            run = json.load(fh)
+        run = json.loads(read_regular(file, label))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError covers bad JSON and bad UTF-8
         raise CompareError(f"{label}: not an lmms-eval output (cannot read {file.name} ({exc}))") from None
     if not isinstance(run, dict) or not isinstance(run.get("results"), dict):
@@ -102,7 +117,9 @@ def load_manifest(run: dict, label: str) -> dict | None:
     model = pretrained(run)
     if model is None:
         return None
-    file = Path(model) / MANIFEST_NAME
+    file = manifest_path(model)
+    if file.exists() and not file.is_file():  # read_manifest would take it for no manifest
+        raise CompareError(f"{label}: manifest {file} is not a regular file")
     try:
         manifest = read_manifest(model)
     except (OSError, ValueError, RecursionError) as exc:  # ValueError covers bad JSON and bad UTF-8
@@ -130,8 +147,7 @@ def load_unscorable(run: dict, label: str) -> dict[str, int] | None:
     counts: dict[str, int] = {}
     for file in files:
         try:
-            with open(file, encoding="utf-8") as fh:
-                items = json.load(fh)["items"]
+            items = json.loads(read_regular(file, label))["items"]
             for item in items:
                 counts[item["task"]] = counts.get(item["task"], 0) + 1
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -161,11 +177,11 @@ def load_samples(run: dict, task: str, metric: str, cluster_key: str | None, lab
     file: Path = run["_file"]
     prefix = file.name[: -len("results.json")] if file.name.endswith("results.json") else None
     path = file.parent / f"{prefix}samples_{task}.jsonl" if prefix else None
-    if path is None or not path.is_file():
+    if path is None or not path.exists():
         return None
     where = f"{label}: {path.name}"
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_regular(path, label).splitlines()
     except (OSError, ValueError) as exc:
         raise CompareError(f"{where}: cannot read ({exc})") from None
     samples: dict[int, Sample] = {}

@@ -120,6 +120,18 @@ def primary_metric(run: dict, task: str, label: str, override: str | None = None
     return metric
 
 
+def known_scale(run: dict, task: str, metric: str, label: str) -> str | None:
+    """The scale ``metric`` is known to have without ``--metric-scale``: the scale the task declares (for its
+    declared primary metric), else :data:`METRIC_SCALES` by name, else None.
+
+    >>> known_scale({"configs": {}}, "t", "exact_match,flexible-extract", "--pre X")
+    'fraction'
+    """
+    base = metric.split(",")[0]
+    decl = declared(run, task, label)
+    return (decl.get("scale") if base == decl.get("primary_metric") else None) or METRIC_SCALES.get(base)
+
+
 def metric_scale(run: dict, task: str, metric: str, label: str, override: str | None = None) -> str:
     """The scale of ``metric`` (see :func:`forgetbench.compare.stats.scale_factor`): ``override``
     (``--metric-scale``), else the declared scale (of the declared primary metric only), else
@@ -134,9 +146,7 @@ def metric_scale(run: dict, task: str, metric: str, label: str, override: str | 
     'points'
     """
     base = metric.split(",")[0]
-    decl = declared(run, task, label)
-    declared_scale = decl.get("scale") if base == decl.get("primary_metric") else None
-    scale = override or declared_scale or METRIC_SCALES.get(base)
+    scale = override or known_scale(run, task, metric, label)
     try:
         stats.scale_factor(scale)
     except ValueError:
@@ -206,7 +216,33 @@ def paired_scores(runs: Sequence[tuple[dict, str]], task: str, metric: str | Non
             raise CompareError(f"{label}: task '{task}': primary metric differs from {runs[0][1]}")
         if s != scored[0][1]:
             raise CompareError(f"{label}: task '{task}': scale of '{m}' differs from {runs[0][1]}")
-    return scored[0][0], scored[0][1], [v for _, _, v in scored]
+    values = [v for _, _, v in scored]
+    if scale is not None:
+        check_override(task, scored[0][0], scale, known_scale(runs[0][0], task, scored[0][0], runs[0][1]), values)
+    return scored[0][0], scored[0][1], values
+
+
+def check_override(task: str, metric: str, scale: str, known: str | None, values: Sequence[float]) -> None:
+    """Refuse ``--metric-scale TASK=SCALE`` where it contradicts the scale ``metric`` is known to have: every value
+    fits the known scale's range, and SCALE would turn them into other points. An override for values outside
+    that range (a task that reports "accuracy" already x100) is what the option is for.
+
+    >>> check_override("pope", "accuracy", "points", "fraction", [45.3, 47.0])  # already x100: accepted
+    >>> check_override("pope", "exact_match", "points", "fraction", [0.5, 0.55])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    forgetbench.compare.errors.CompareError: --metric-scale pope=points contradicts ... drop the option
+    """
+    try:
+        known_factor, upper = stats.scale_factor(known)
+    except ValueError:
+        return  # no known scale (or a declared one that metric_scale refuses): nothing to contradict
+    if upper is None or stats.scale_factor(scale)[0] == known_factor or not all(0.0 <= v <= upper for v in values):
+        return
+    raise CompareError(f"--metric-scale {task}={scale} contradicts the known scale of '{metric}' ({known}, values "
+                       f"0-{upper:g}): its values {', '.join(f'{v:g}' for v in values)} fit it, and {scale} would "
+                       f"count {values[0]:g} as {stats.to_points(values[0], scale):g} points instead of "
+                       f"{stats.to_points(values[0], known):g}; drop the option")
 
 
 def is_mean(run: dict, task: str, metric: str) -> bool:

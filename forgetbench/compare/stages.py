@@ -8,15 +8,18 @@ Runs are read and paired, and tasks scored, exactly as ``forgetbench compare`` d
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from forgetbench import outputs
+from forgetbench.checkpoint import same_model
 from forgetbench.compare import cli, pairing, render, scores, stats
 from forgetbench.compare.errors import CompareError
-from forgetbench.compare.report import check_choice
-from forgetbench.compare.runs import load_manifest, load_run
+from forgetbench.compare.report import check_choice, check_outputs
+from forgetbench.compare.runs import load_manifest, load_run, pretrained
 from forgetbench.errors import command_main, emit, guarded
 
 PROG = "forgetbench stages"
@@ -58,13 +61,25 @@ def check_stage_tasks(tasks: Sequence[str]) -> None:
         raise CompareError("--stage: need at least 2 stages, each on a different task")
 
 
-def lineage_mismatches(tasks: Sequence[str], runs: Sequence[tuple[dict, str]]) -> list[pairing.Mismatch]:
-    """Stages whose checkpoint (its forgetbench manifest's ``base_model``/``base_model_path``) was not tuned from
-    the model the stage before evaluated. A stage without a manifest cannot be checked and is not refused."""
+def lineage_mismatches(tasks: Sequence[str], runs: Sequence[tuple[dict, str]],
+                       manifests: Sequence[dict | None] | None = None) -> list[pairing.Mismatch]:
+    """Stages whose checkpoint (its forgetbench manifest) was not tuned from the model the stage before evaluated
+    (``base_model``/``base_model_path``), or was tuned on another task than the stage names (``data.dataset``). A
+    stage without a manifest, or whose data is not a task name (a folder, a hub dataset), cannot be checked and is
+    not refused. ``manifests`` are the stages' (read here when not given)."""
+    if manifests is None:
+        manifests = [load_manifest(run, label) for run, label in runs]
     out = []
-    for i in range(1, len(runs)):
-        (previous, _), (run, label) = runs[i - 1], runs[i]
-        found = pairing.manifest_mismatch(previous, load_manifest(run, label), label)
+    for i, ((_, label), manifest) in enumerate(zip(runs, manifests, strict=True)):
+        dataset = tuned_on(manifest)
+        if dataset is not None and not (tasks[i] == dataset or tasks[i].startswith(f"{dataset}_")):
+            out.append(pairing.Mismatch(
+                "tuned-on", tasks[i], dataset, f"{label}: stage {i + 1} is labelled '{tasks[i]}', but its checkpoint "
+                                               f"was tuned on '{dataset}' (manifest data.dataset)",
+                restrictable=False, task=tasks[i]))
+        if i == 0:
+            continue
+        found = pairing.manifest_mismatch(runs[i - 1][0], manifest, label)
         if found is None:
             continue
         origin = "trained from scratch" if found.post is None else f"tuned from '{found.post}'"
@@ -75,13 +90,49 @@ def lineage_mismatches(tasks: Sequence[str], runs: Sequence[tuple[dict, str]]) -
     return out
 
 
+_TASK_NAME = re.compile(r"\w[\w.-]*")
+
+
+def tuned_on(manifest: dict | None) -> str | None:
+    """The task a checkpoint was fine-tuned on, when its manifest's ``data.dataset`` is a task name (a recipe's
+    ``--dataset_name`` that names a task), else None: a folder, a hub dataset (``org/name``) or a description
+    cannot be matched with a stage's task.
+
+    >>> tuned_on({"data": {"dataset": "forgetbench_lab_digits"}}), tuned_on({"data": {"dataset": "org/data"}})
+    ('forgetbench_lab_digits', None)
+    >>> tuned_on({"data": {"dataset": "lab upstream splits + 'Say <word>.' rows"}}), tuned_on({}), tuned_on(None)
+    (None, None, None)
+    """
+    data = manifest.get("data") if isinstance(manifest, dict) else None
+    dataset = data.get("dataset") if isinstance(data, dict) else None
+    if not isinstance(dataset, str) or not _TASK_NAME.fullmatch(dataset) or os.path.exists(dataset):
+        return None
+    return dataset
+
+
+def check_distinct_runs(tasks: Sequence[str], runs: Sequence[tuple[dict, str]]) -> None:
+    """Refuse one run, or one evaluated model, used for two stages: each stage is the model after its own
+    fine-tune, evaluated on its own."""
+    for j, (run, label) in enumerate(runs):
+        for i in range(j):
+            earlier = runs[i][0]
+            if run["_file"].resolve() == earlier["_file"].resolve():
+                raise CompareError(f"{label}: stage {j + 1} ({tasks[j]}) reads the same run as stage {i + 1} "
+                                   f"({tasks[i]}): {run['_file']}")
+            model, before = pretrained(run), pretrained(earlier)
+            if model is not None and before is not None and same_model(model, before):
+                raise CompareError(f"{label}: stage {j + 1} ({tasks[j]}) evaluated the same model as stage {i + 1} "
+                                   f"({tasks[i]}): '{model}'; each stage evaluates the model after its own fine-tune")
+
+
 def compare_stages(stages: Sequence[tuple[str, str | Path]], metrics: Mapping[str, str] | None = None,
                    scales: Mapping[str, str] | None = None, allow_lineage_mismatch: bool = False) -> dict:
     """The stages report (schema ``forgetbench.stages/1``) of ``[(task stage i tuned on, its lmms-eval output)]``
     in training order; ``metrics`` and ``scales`` override a task's metric and scale, as in compare.
 
-    Stage i must be tuned from stage i-1 (checked through the checkpoints' manifests); with
-    ``allow_lineage_mismatch`` a stage that is not is accepted and listed under ``lineage_mismatches``."""
+    Each stage is its own run of its own model. Stage i must be tuned from stage i-1, and on its task, where the
+    checkpoints' manifests tell; with ``allow_lineage_mismatch`` a stage that is not is accepted and listed under
+    ``lineage_mismatches``."""
     tasks, dirs = [t for t, _ in stages], [d for _, d in stages]
     check_stage_tasks(tasks)
     metrics, scales = metrics or {}, scales or {}
@@ -89,19 +140,21 @@ def compare_stages(stages: Sequence[tuple[str, str | Path]], metrics: Mapping[st
         for task, value in choices.items():
             check_choice(option, task, value, tasks)
     labels = [f"--stage {t}={d}" for t, d in stages]
-    runs = [(load_run(Path(d), label), label) for d, label in zip(dirs, labels, strict=True)]
-    for run, label in runs[1:]:
-        found = pairing.run_mismatches(runs[0][0], run, tasks, runs[0][1], label, reference="the first stage")
+    stage_runs = [(load_run(Path(d), label), label) for d, label in zip(dirs, labels, strict=True)]
+    check_distinct_runs(tasks, stage_runs)
+    for run, label in stage_runs[1:]:
+        found = pairing.run_mismatches(stage_runs[0][0], run, tasks, stage_runs[0][1], label,
+                                       reference="the first stage")
         if found:
             raise CompareError(found[0].message)
-    lineage = lineage_mismatches(tasks, runs)
+    lineage = lineage_mismatches(tasks, stage_runs)
     if lineage and not allow_lineage_mismatch:
         raise CompareError(f"{lineage[0].message} (--allow-lineage-mismatch accepts it)")
-    columns, chosen = [], {}
+    points, chosen = [], {}
     for task in tasks:
-        chosen[task], scale, values = scores.paired_scores(runs, task, metrics.get(task), scales.get(task))
-        columns.append([stats.to_points(v, scale) for v in values])
-    matrix = [[columns[j][i] for j in range(len(tasks))] for i in range(len(tasks))]
+        chosen[task], scale, values = scores.paired_scores(stage_runs, task, metrics.get(task), scales.get(task))
+        points.append([stats.to_points(v, scale) for v in values])
+    matrix = [[points[j][i] for j in range(len(tasks))] for i in range(len(tasks))]
     return {"schema": SCHEMA, "tasks": tasks, "runs": [str(d) for d in dirs], "metrics": chosen, "matrix": matrix,
             **stage_metrics(matrix), "lineage_mismatches": [m.message for m in lineage]}
 
@@ -131,7 +184,7 @@ def render_files(report: Mapping, out: Path | None, json_path: Path | None) -> d
         files.update({out / "stages.json": outputs.json_bytes(report),
                       out / "stages.md": f"# forgetbench stages\n\n{outputs.markdown_table(_grid(report), 1)}"
                                          f"\n\n{summary}\n".encode(),
-                      out / "stages.csv": outputs.csv_bytes(records, ["stage", "trained_on", *report["tasks"]])})
+                      out / "stages.csv": render.csv_bytes(records, ["stage", "trained_on", *report["tasks"]])})
     return files
 
 
@@ -150,7 +203,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="write stages.json, stages.md and stages.csv into DIR")
     parser.add_argument("--allow-lineage-mismatch", action="store_true",
                         help="accept a stage whose checkpoint (forgetbench manifest) was not tuned from the model the "
-                             "stage before evaluated; listed under lineage_mismatches")
+                             "stage before evaluated, or on another task than the stage names; listed under "
+                             "lineage_mismatches")
 
 
 def _stages(args: argparse.Namespace) -> dict:
@@ -159,6 +213,7 @@ def _stages(args: argparse.Namespace) -> dict:
         raise CompareError("--stage: expected TASK=DIR for every stage")
     tasks, dirs = [t.strip() for t, _, _ in pairs], [d for _, _, d in pairs]
     check_stage_tasks(tasks)
+    check_outputs(dirs, args.out, args.json_path)
     metrics = cli.assignments(args.metric, "--metric", tasks)
     scales = cli.assignments(args.metric_scale, "--metric-scale", tasks)
     return compare_stages(list(zip(tasks, dirs, strict=True)), metrics, scales, args.allow_lineage_mismatch)
