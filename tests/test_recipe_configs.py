@@ -91,11 +91,30 @@ def test_config_says_what_the_sources_say(model, method):
     assert configs.REGENERATE in header
 
 
+def test_each_config_folder_is_picked_by_a_model_type_or_the_lab_alias():
+    """The one table the study reads to choose a model's recipe configs; the key never reaches a config."""
+    picked = {model: configs.config_folder_for(entry.get("model_type"), alias=entry.get("alias"))
+              for model, entry in SOURCES["models"].items()}
+    assert picked == {model: model for model in MODELS}
+    assert {entry.get("model_type") or entry.get("alias") for entry in SOURCES["models"].values()} == {
+        "forgetbench-lab", "llava", "llava_onevision", "qwen2_vl", "qwen2_5_vl"}
+    assert configs.config_folder_for("llava") == "llava-1.5-7b" and configs.config_folder_for("mllama") is None
+    for path in ROOT.glob("*/*.yaml"):
+        assert not {"model_type", "alias"} & set(yaml.safe_load(path.read_text())), path
+
+
 def test_sources_with_a_misspelt_name_or_a_string_rate_are_refused():
     misspelt = yaml.safe_load(yaml.safe_dump(SOURCES))
     misspelt["methods"]["config"]["lorra"] = {"lora_r": 8}
     with pytest.raises(ValueError, match="methods.yml config: lorra"):
         configs.check_sources(misspelt)
+    shadowed = yaml.safe_load(yaml.safe_dump(SOURCES))
+    shadowed["models"]["qwen2.5-vl-3b"]["model_type"] = "qwen2_vl"  # the study would never pick this folder
+    with pytest.raises(ValueError, match="models.yml qwen2.5-vl-3b: model_type qwen2_vl is an earlier entry's too"):
+        configs.check_sources(shadowed)
+    del shadowed["models"]["qwen2.5-vl-3b"]["model_type"]
+    with pytest.raises(ValueError, match="models.yml qwen2.5-vl-3b: needs one of model_type or alias"):
+        configs.check_sources(shadowed)
     string_rate = yaml.safe_load(yaml.safe_dump(SOURCES))
     string_rate["methods"]["learning_rate"]["gpu"]["ia3"] = "1e-3"  # what YAML 1.1 makes of 1e-3
     with pytest.raises(ValueError, match="write 1.0e-4"):

@@ -293,3 +293,74 @@ def test_answer_kinds_count_drift_to_the_downstream_labels(tmp_path):
         "correct": 1, "wrong_label": 1, "multiple_labels": 1, "hallucination": 3, "downstream_label": 2}
     assert answer_kinds(tmp_path, "forgetbench_lab_shape", ("circle", "square", "triangle", "cross", "7", "3"),
                         digits)["downstream_label"] == 0
+
+
+# -- the model's recipe configs, and the logs a failure names ----------------------------------------------------
+
+
+def test_the_recipe_configs_follow_the_models_config_not_its_name(tmp_path):
+    """The family comes from config.json's model_type (recipes/configs/_sources/models.yml), the lab by its alias
+    first (its config says llava, as LLaVA-1.5's does)."""
+    from forgetbench.checkpoint import lab_base_model_path
+    from forgetbench.study import StudyError, config_family
+
+    assert config_family("forgetbench-lab") == config_family(str(lab_base_model_path())) == "lab"
+    folder = tmp_path / "my-llava-1.5-finetune"  # a name that would once have picked llava-1.5-7b
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    plan = _plan("--model", str(folder), "--methods", "lora")
+    assert plan.arms[0].config == str(REPO / "recipes" / "configs" / "qwen2-vl-2b" / "lora.yaml")
+    (folder / "config.json").write_text(json.dumps({"model_type": "mllama"}))
+    with pytest.raises(StudyError) as unknown:
+        config_family(str(folder))
+    assert str(unknown.value) == (
+        f"--model {folder}: no recipe configs for model_type mllama (known: llava, llava_onevision, qwen2_vl, "
+        "qwen2_5_vl); pass each arm's recipe config in a study YAML (--config study.yaml; arms: NAME: {recipe, "
+        "config})")
+
+
+def test_a_hub_model_whose_config_cannot_be_read_is_refused_in_one_line_unless_the_arms_name_configs(tmp_path):
+    hub_id = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"  # unreachable here (HF_HUB_OFFLINE, no network)
+    out = tmp_path / "study"
+    completed = subprocess.run([sys.executable, "-m", "forgetbench.cli", "study", "--out", str(out), "--model",
+                                hub_id, "--methods", "lora"], capture_output=True, text=True, check=False)
+    assert completed.returncode == 2 and not out.exists()
+    (line,) = completed.stderr.strip().splitlines()
+    assert line.startswith(f"forgetbench study: error: --model {hub_id}: cannot read its config to choose recipe "
+                           "configs (") and line.endswith("pass each arm's recipe config in a study YAML "
+                                                          "(--config study.yaml; arms: NAME: {recipe, config})")
+    config = tmp_path / "study.yaml"
+    config.write_text(f"model: {hub_id}\narms:\n  lora: {{recipe: lora, config: {REPO}/recipes/configs/"
+                      "llava-onevision-0.5b/lora.yaml}\n")
+    plan = _plan("--config", str(config))  # no config.json needed: the arm names its recipe config
+    assert plan.model == hub_id and plan.arms[0].config.endswith("llava-onevision-0.5b/lora.yaml")
+
+
+def test_an_evaluation_without_results_names_its_real_log(monkeypatch, tmp_path):
+    from forgetbench.study import StudyError, steps
+
+    plan = _plan("--limit", "2")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    # lmms-eval exits 0 when evaluation fails: a command that succeeds and writes nothing stands in for it
+    monkeypatch.setattr(steps, "eval_command", lambda *a: [sys.executable, "-c", "print('no results')"])
+    with pytest.raises(StudyError) as info:
+        steps.evaluate_into("eval/full_st@wise-0.5", "/ckpt", tmp_path / "eval" / "x", plan, logs, dict(os.environ))
+    log = logs / "eval_full_st@wise-0.5.log"
+    assert str(info.value).endswith(f"; see {log}") and log.read_text() == "no results\n"
+
+
+def test_a_failing_arm_names_the_log_that_says_why(tmp_path):
+    """A real study whose arm cannot start (a recipe argument that does not exist): the one line names the log,
+    and that file holds the recipe's own complaint."""
+    out = tmp_path / "study"
+    completed = subprocess.run([str(BIN / "forgetbench"), "study", "--out", str(out), "--cache-dir",
+                                str(tmp_path / "cache"), "--methods", "lora", "--limit", "1", "--downstream",
+                                "forgetbench_lab_digits", "--upstream", "forgetbench_lab_color", "--recipe-args",
+                                "--no_such_option 3"], capture_output=True, text=True, timeout=600, check=False)
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    (line,) = completed.stderr.strip().splitlines()
+    log = out.resolve() / "logs" / "train_lora.log"
+    assert line.startswith("forgetbench study: error: step train/lora exited ") and line.endswith(f"; see {log}")
+    assert "no_such_option" in log.read_text()
+    assert (out / "logs" / "eval_pre.log").is_file()

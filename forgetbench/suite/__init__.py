@@ -16,40 +16,86 @@ from pathlib import Path
 
 from forgetbench.suite import images, lab
 
+ROLES = ("downstream", "upstream", "emt")  # where a study puts a task by default (E, F, EMT's classification)
+
+
+def _groups() -> dict[str, tuple[str, ...]]:
+    """Every group YAML under ``tasks/`` (a file with a top-level ``group:``): its name and its ``task:`` list."""
+    import yaml
+
+    import forgetbench
+
+    found = {}
+    for path in sorted(forgetbench.tasks_path().rglob("*.yaml")):
+        text = path.read_text()
+        if text.startswith("group:") or "\ngroup:" in text:  # task files and templates hold !function tags
+            config = yaml.safe_load(text)
+            found[config["group"]] = tuple(config["task"])
+    return found
+
+
+GROUPS: dict[str, tuple[str, ...]] = _groups()
+
+
+def _group_role(group: str) -> str | None:
+    """A group's role is its name: ``forgetbench_[lab_]<role>[_closed]``.
+
+    >>> _group_role("forgetbench_lab_upstream"), _group_role("forgetbench_emt_closed"), _group_role("mine")
+    ('upstream', 'emt', None)
+    """
+    role = group.removeprefix("forgetbench_").removeprefix("lab_").removesuffix("_closed")
+    return role if group.startswith("forgetbench_") and role in ROLES else None
+
+
+# The groups' task lists are the one declaration of which task has which role.
+_ROLE_OF = {task: role for group, tasks in GROUPS.items() if (role := _group_role(group)) for task in tasks}
+
 
 @dataclass(frozen=True)
 class SuiteTask:
     name: str  # lmms-eval task name
-    role: str  # "downstream", "upstream" or "emt": where a study puts it by default
     module: str  # forgetbench.suite module holding the prompt and ``to_sft_example``
     example: str = "to_sft_example"
     # For lmms-eval's own tasks, whose hub copies hold only the evaluated split: (hub id, the hub split that holds
     # the requested one or "" for the same name, the forgetbench.suite.reused function that keeps its rows).
     train_source: tuple[str, str, str] | None = None
+    # A task in no group takes the role of the grouped task it is a variant of (a closed set, another resolution).
+    variant_of: str | None = None
+
+    @property
+    def role(self) -> str:
+        """"downstream", "upstream" or "emt": the role of the group YAML that lists the task (or its original)."""
+        role = _ROLE_OF.get(self.name) or _ROLE_OF.get(self.variant_of or "")
+        if role is None:
+            raise KeyError(f"{self.name}: in no group YAML under tasks/ (nor is a task it is a variant of)")
+        return role
+
+
+def _closed(task: SuiteTask) -> list[SuiteTask]:
+    """A task and its closed-set variant (``<name>_closed``, likelihood over the label set)."""
+    return [task, SuiteTask(task.name + "_closed", task.module, variant_of=task.name)]
 
 
 _OWN = [
-    SuiteTask("forgetbench_rsvqa_lr", "downstream", "rsvqa"),
-    SuiteTask("forgetbench_rsvqa_hr", "downstream", "rsvqa"),
-    SuiteTask("forgetbench_pathvqa", "downstream", "pathvqa"),
-    SuiteTask("forgetbench_iconqa", "downstream", "iconqa"),
-    SuiteTask("forgetbench_ocrvqa", "upstream", "ocrvqa"),
-] + [SuiteTask(f"forgetbench_emt_{key}{variant}", "emt", "emt")
-     for key in ("mnist", "cifar10", "cifar100", "miniimagenet") for variant in ("", "_closed")]
+    SuiteTask("forgetbench_rsvqa_lr", "rsvqa"),
+    # RSVQA-HR is the alternative to LR, not in the default group (tasks/groups/forgetbench_downstream.yaml)
+    SuiteTask("forgetbench_rsvqa_hr", "rsvqa", variant_of="forgetbench_rsvqa_lr"),
+    SuiteTask("forgetbench_pathvqa", "pathvqa"),
+    SuiteTask("forgetbench_iconqa", "iconqa"),
+    SuiteTask("forgetbench_ocrvqa", "ocrvqa"),
+] + [task for key in ("mnist", "cifar10", "cifar100", "miniimagenet")
+     for task in _closed(SuiteTask(f"forgetbench_emt_{key}", "emt"))]
 _REUSED = [
-    SuiteTask("scienceqa_img", "downstream", "reused", "scienceqa_example",
-              ("derek-thomas/ScienceQA", "", "scienceqa_rows")),
-    SuiteTask("flickr30k_test", "downstream", "reused", "flickr30k_example",
-              ("nlphuji/flickr30k", "test", "flickr30k_rows")),
+    SuiteTask("scienceqa_img", "reused", "scienceqa_example", ("derek-thomas/ScienceQA", "", "scienceqa_rows")),
+    SuiteTask("flickr30k_test", "reused", "flickr30k_example", ("nlphuji/flickr30k", "test", "flickr30k_rows")),
 ]
-_LAB = [SuiteTask(lab.task_name(key) + variant, role, "lab")
-        for key, role in lab.ROLES.items() for variant in ("", "_closed")]
+_LAB = [task for key in lab.LAB_TASKS for task in _closed(SuiteTask(lab.task_name(key), "lab"))]
 TASKS: dict[str, SuiteTask] = {task.name: task for task in _OWN + _REUSED + _LAB}
 
-# What the groups in tasks/groups/ list (lmms-eval's own task names where a task is reused).
-DOWNSTREAM = ("forgetbench_rsvqa_lr", "forgetbench_pathvqa", "forgetbench_iconqa", "scienceqa_img", "flickr30k_test")
-UPSTREAM = ("ok_vqa_val2014", "gqa", "textvqa_val", "forgetbench_ocrvqa", "coco2017_cap_val", "mme")
-EMT = ("forgetbench_emt_mnist", "forgetbench_emt_cifar10", "forgetbench_emt_cifar100", "forgetbench_emt_miniimagenet")
+# What the benchmark's groups list (lmms-eval's own task names where a task is reused).
+DOWNSTREAM = GROUPS["forgetbench_downstream"]
+UPSTREAM = GROUPS["forgetbench_upstream"]
+EMT = GROUPS["forgetbench_emt"]
 
 
 def _module(task: SuiteTask):

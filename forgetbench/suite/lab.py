@@ -30,12 +30,21 @@ LAB_TASKS: dict[str, LabelSet] = {
         LabelSet("digits", DIGITS, noun="digit"),
     )
 }
-# What the base model learned in pre-training (forgetting, F) and what the fine-tune should learn (E).
-ROLES = {"color": "upstream", "shape": "upstream", "count": "upstream", "printed": "upstream", "digits": "downstream"}
 
 _hooks = hooks(LAB_TASKS, "task")
 doc_to_visual, doc_to_text, doc_to_target = _hooks.doc_to_visual, _hooks.doc_to_text, _hooks.doc_to_target
 doc_to_choice = _hooks.doc_to_choice
+
+
+def __getattr__(name: str):
+    """``ROLES``: each lab task's role, ``{key: "upstream" | "downstream"}`` (what the base model learned in
+    pre-training, F, and what the fine-tune should learn, E), as the lab's group YAMLs in ``tasks/lab`` declare them
+    and the registry reads them (computed on use: the registry imports this module first)."""
+    if name == "ROLES":
+        from forgetbench import suite
+
+        return {key: suite.TASKS[task_name(key)].role for key in LAB_TASKS}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def task_name(key: str) -> str:

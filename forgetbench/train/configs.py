@@ -7,8 +7,8 @@ composed as torchtune composes its recipes' configs, later layers winning: every
 model, the method, the learning rate. The sources are ``*.yml`` in a folder named ``_sources`` so that nothing
 that looks for configs (``configs/*/*.yaml``, ``rglob("*.yaml")``) takes them for one.
 
-    python -m forgetbench.train.configs            # rewrite every config
-    python -m forgetbench.train.configs --check    # exit 1 listing the configs that differ from their sources
+    forgetbench configs            # rewrite every config (also: python -m forgetbench.train.configs)
+    forgetbench configs --check    # exit 1 listing the configs that differ from their sources
 
 Only pyyaml is imported; the methods table is read when a config is rendered (it imports no torch either).
 """
@@ -23,6 +23,8 @@ from pathlib import Path
 from string import Template
 
 import yaml
+
+from forgetbench.errors import command_main
 
 SOURCES = "_sources"
 SOURCE_FILES = ("defaults.yml", "models.yml", "methods.yml")
@@ -168,8 +170,22 @@ def render(model: str, method: str, sources: dict | None = None) -> str:
     return text
 
 
+def config_folder_for(model_type: str | None = None, *, alias: str | None = None,
+                      sources: dict | None = None) -> str | None:
+    """The config folder (a ``models.yml`` entry) for a model: by a name it is known by (``alias``, the lab's), or
+    by the ``model_type`` of its config.json; None when no entry has it.
+
+    >>> config_folder_for("qwen2_5_vl"), config_folder_for(alias="forgetbench-lab"), config_folder_for("t5")
+    ('qwen2.5-vl-3b', 'lab', None)
+    """
+    key, value = ("alias", alias) if alias is not None else ("model_type", model_type)
+    models = (sources or load_sources())["models"]
+    return next((folder for folder, entry in models.items() if value is not None and entry.get(key) == value), None)
+
+
 def check_sources(sources: dict) -> None:
-    """Names in the sources that nothing would use (a misspelt method, family or profile) raise ValueError."""
+    """Names in the sources that nothing would use (a misspelt method, family or profile) raise ValueError, and so
+    does a models.yml entry that no model would pick (no ``model_type`` or ``alias``) or that another shadows."""
     from forgetbench.train.methods import FAMILIES
 
     methods, profiles = sources["methods"], sources["defaults"]["profiles"]
@@ -183,8 +199,13 @@ def check_sources(sources: dict) -> None:
         unknown += [f"models.yml {model}: profile {entry['profile']}"] if entry["profile"] not in profiles else []
         unknown += [f"models.yml {model}.method_notes: {name}" for name in entry.get("method_notes", {})
                     if name not in _methods()]
+        picked_by = [(key, entry[key]) for key in ("model_type", "alias") if key in entry]
+        if len(picked_by) != 1:
+            unknown += [f"models.yml {model}: needs one of model_type or alias"]
+        elif config_folder_for(**{picked_by[0][0]: picked_by[0][1]}, sources=sources) != model:
+            unknown += [f"models.yml {model}: {picked_by[0][0]} {picked_by[0][1]} is an earlier entry's too"]
     if unknown:
-        raise ValueError("unknown names in recipes/configs/_sources: " + "; ".join(unknown))
+        raise ValueError("unknown or clashing names in recipes/configs/_sources: " + "; ".join(unknown))
 
 
 def expected(root: Path | None = None) -> dict[Path, str]:
@@ -206,11 +227,18 @@ def stale(root: Path | None = None) -> list[str]:
             if path not in want or not path.is_file() or path.read_bytes() != want[path].encode()]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m forgetbench.train.configs", description=__doc__.splitlines()[0])
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.splitlines()[0]
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 listing the stale configs")
     parser.add_argument("--root", type=Path, default=None, help="the configs folder (default: recipes/configs)")
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command_main("python -m forgetbench.train.configs", configure_parser, run, argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``forgetbench configs``: rewrite the configs, or with ``--check`` list the stale ones (exit 1)."""
     root = args.root or configs_root()
     if args.check:
         found = stale(root)
