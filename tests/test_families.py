@@ -509,3 +509,68 @@ def test_trl_patches_the_stock_qwen_template_itself(family, tiny_family, tmp_pat
     trained, _ = _sft_labels(processor, tiny_family(family), tmp_path)
     tokenizer = processor.tokenizer
     assert trained == tokenizer("a green square<|im_end|>\n", add_special_tokens=False)["input_ids"]
+
+
+# -- 7. the GPU smoke benchmark and the real-size builds it uses ------------------------------------------------------
+
+def _gpu_smoke():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_smoke", REPO / "benchmarks" / "gpu_smoke.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("family", "parameters", "image_tokens"), [
+    ("llava-onevision", 908_857_712, 1485),  # SigLIP so400m at 384 px: 729 base + 729 tile + 27 newlines
+    ("qwen2-vl", 2_208_985_600, 256),  # 448x448: 32x32 patches of 14, merged 2x2
+])
+def test_real_size_builds_have_the_real_models_shapes(family, parameters, image_tokens):
+    """The GPU benchmark's models: LLaVA-OneVision-0.5B and Qwen2-VL-2B at their real sizes (built on the meta
+    device here: shapes, no memory), their processors at the real image sizes."""
+    from forgetbench.lab.families import FamilyError, build_model, build_processor, build_tokenizer
+
+    spec = FAMILIES[family]
+    tokenizer = build_tokenizer(spec)
+    model = build_model(spec, tokenizer, "real", device="meta")
+    assert type(model).__name__ == spec.model_class
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    assert model.config.get_text_config().vocab_size == 151936
+    assert model.config.image_token_id == tokenizer.convert_tokens_to_ids(spec.image_token)
+    processor = build_processor(spec, tokenizer, "real")
+    doc = color_docs(1)[0]
+    prompt = processor.apply_chat_template(conversation(doc)[:1], add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[prompt], images=[doc["image"].convert("RGB")], return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == image_tokens
+    with pytest.raises(FamilyError, match="--size real: written here for llava-onevision, qwen2-vl only"):
+        build_model(FAMILIES["llava-1.5"], tokenizer, "real", device="meta")
+
+
+def test_gpu_smoke_refuses_a_machine_without_cuda_in_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _gpu_smoke().main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu_smoke.py: error: no CUDA GPU here")
+
+
+@pytest.mark.slow
+def test_gpu_smoke_runs_its_whole_path_on_the_tiny_families(capsys):
+    """`python benchmarks/gpu_smoke.py --tiny`: the benchmark's own code (build, three recipes per family, the
+    evaluations) on the tiny families on a CPU; stdout is one JSON object."""
+    threads = torch.get_num_threads()
+    try:
+        assert _gpu_smoke().main(["--tiny", "--eval-docs", "2"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(capsys.readouterr().out)
+    assert report["size"] == "tiny" and set(report["families"]) == {"llava-onevision", "qwen2-vl"}
+    for entry in report["families"].values():
+        assert set(entry["train"]) == {"lora", "qlora", "full_st"}
+        for result in entry["train"].values():
+            assert result["steps"] == 3 and result["seconds_per_step"] > 0
+            assert result["samples_per_second"] == pytest.approx(16 / result["seconds_per_step"], rel=0.01)
+        for kind in ("forgetbench_generation", "forgetbench_likelihood"):
+            assert entry["evaluate"][kind]["documents"] == 2 and entry["evaluate"][kind]["seconds"] > 0

@@ -26,6 +26,9 @@ from forgetbench.errors import ForgetbenchError
 LAB_IMAGE_SIZE = 32  # the lab's images (forgetbench.lab.data.IMAGE_SIZE)
 QWEN_IMAGE_SIDE = 56  # Qwen: one 56x56 grid = 4x4 patches of 14 = 4 image tokens after the 2x2 merge
 VOCAB_MULTIPLE = 64
+TINY_PATCH = 8  # the LLaVA families' vision patch at 32 px: 16 patches per image
+SIZES = ("tiny", "real")
+REAL_SIZE = ("llava-onevision", "qwen2-vl")  # real-size configs: LLaVA-OneVision-0.5B, Qwen2-VL-2B (tiny.py)
 
 # The LLM of every tiny family: 2 decoder layers, 64 wide (2 heads of 32), MLP 128.
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
@@ -171,26 +174,29 @@ def build_tokenizer(family: Family):
     )
 
 
-def build_processor(family: Family, tokenizer=None, patch_size: int = 8):
-    """The family's real processor class around ``tokenizer`` and a small image processor."""
+def build_processor(family: Family, tokenizer=None, size: str = "tiny"):
+    """The family's real processor class around ``tokenizer`` and an image processor for the model's ``size``:
+    32-px images (the lab's) or, Qwen, one 56x56 grid for ``tiny``; the real model's image size (384 px, one tile,
+    for LLaVA-OneVision-0.5B's SigLIP; 448x448 for Qwen2-VL-2B) for ``real``."""
     import transformers
 
     tokenizer = tokenizer or build_tokenizer(family)
-    size = LAB_IMAGE_SIZE
+    real = _check_size(family, size) == "real"
+    side, patch = (384, 14) if real else (LAB_IMAGE_SIZE, TINY_PATCH)
     if family.name == "llava-1.5":
-        image = transformers.CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        image = transformers.CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
         return transformers.LlavaProcessor(
-            image_processor=image, tokenizer=tokenizer, patch_size=patch_size, vision_feature_select_strategy="default",
+            image_processor=image, tokenizer=tokenizer, patch_size=patch, vision_feature_select_strategy="default",
             num_additional_image_tokens=1, chat_template=family.chat_template)  # CLIP's CLS, dropped by "default"
     if family.name == "llava-onevision":
-        image = transformers.LlavaOnevisionImageProcessor(size={"height": size, "width": size},
-                                                          image_grid_pinpoints=[[size, size]])
-        video = transformers.LlavaOnevisionVideoProcessor(size={"height": size, "width": size})
+        image = transformers.LlavaOnevisionImageProcessor(size={"height": side, "width": side},
+                                                          image_grid_pinpoints=[[side, side]])
+        video = transformers.LlavaOnevisionVideoProcessor(size={"height": side, "width": side})
         return transformers.LlavaOnevisionProcessor(
             image_processor=image, tokenizer=tokenizer, video_processor=video,
-            num_image_tokens=(size // patch_size) ** 2, vision_feature_select_strategy="full",
+            num_image_tokens=(side // patch) ** 2, vision_feature_select_strategy="full",
             chat_template=family.chat_template)
-    pixels = QWEN_IMAGE_SIDE * QWEN_IMAGE_SIDE
+    pixels = (448 if real else QWEN_IMAGE_SIDE) ** 2
     shape = dict(patch_size=14, merge_size=2, temporal_patch_size=2)
     image = transformers.Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels, **shape)
     video = transformers.Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels, **shape)
@@ -201,51 +207,88 @@ def build_processor(family: Family, tokenizer=None, patch_size: int = 8):
 
 # -- models ---------------------------------------------------------------------------------------------------------
 
-def _text_config(tokenizer, family: Family, **extra) -> dict:
+def _check_size(family: Family, size: str) -> str:
+    if size not in SIZES:
+        raise FamilyError(f"--size {size}: unknown; known: {', '.join(SIZES)}")
+    if size == "real" and family.name not in REAL_SIZE:
+        raise FamilyError(f"--size real: written here for {', '.join(REAL_SIZE)} only, not {family.name}")
+    return size
+
+
+def _token_ids(tokenizer) -> dict:
+    return dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=tokenizer.bos_token_id)
+
+
+def _text_config(tokenizer, **extra) -> dict:
     vocab = -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-    ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-               bos_token_id=tokenizer.bos_token_id)
-    return dict(TEXT, vocab_size=vocab, **ids, **extra)
+    return dict(TEXT, vocab_size=vocab, **_token_ids(tokenizer), **extra)
 
 
-def build_model(family: Family, tokenizer, patch_size: int = 8):
-    """A random-init model of ``family`` whose token ids are ``tokenizer``'s."""
+def model_config(family: Family, tokenizer, size: str = "tiny"):
+    """The transformers config of a ``family`` model whose token ids are ``tokenizer``'s: tiny, or the real model's
+    sizes (forgetbench/lab/tiny.py; the real vocabulary, of which the tokenizer uses the first ids)."""
     import transformers
 
+    from forgetbench.lab import tiny
+
+    real = _check_size(family, size) == "real"
     image_id = tokenizer.convert_tokens_to_ids(family.image_token)
     video_id = tokenizer.convert_tokens_to_ids(family.video_token) if family.video_token else None
-    size = LAB_IMAGE_SIZE
+    side = LAB_IMAGE_SIZE
     if family.name == "llava-1.5":
         vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                               num_attention_heads=2, image_size=size, patch_size=patch_size,
+                                               num_attention_heads=2, image_size=side, patch_size=TINY_PATCH,
                                                projection_dim=32)
-        config = transformers.LlavaConfig(
-            vision_config=vision, text_config=transformers.LlamaConfig(**_text_config(tokenizer, family)),
+        return transformers.LlavaConfig(
+            vision_config=vision, text_config=transformers.LlamaConfig(**_text_config(tokenizer)),
             image_token_id=image_id, vision_feature_layer=-2, vision_feature_select_strategy="default",
             projector_hidden_act="gelu")
-        model = transformers.LlavaForConditionalGeneration(config)
-    elif family.name == "llava-onevision":
-        vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, image_size=size, patch_size=patch_size, vision_use_head=False)
-        config = transformers.LlavaOnevisionConfig(
-            vision_config=vision, text_config=dict(model_type="qwen2", **_text_config(tokenizer, family)),
-            image_token_id=image_id, video_token_id=video_id, image_grid_pinpoints=[[size, size]],
-            vision_feature_layer=-1, vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9")
-        model = transformers.LlavaOnevisionForConditionalGeneration(config)
-    else:
-        ids = dict(image_token_id=image_id, video_token_id=video_id,
-                   vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-                   vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"))
-        text = _text_config(tokenizer, family, rope_parameters=MROPE)
-        shape = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
-        if family.name == "qwen2-vl":
-            vision = dict(depth=2, embed_dim=32, hidden_size=TEXT["hidden_size"], num_heads=2, mlp_ratio=2, **shape)
-            config = transformers.Qwen2VLConfig(vision_config=vision, text_config=text, **ids)
+    if family.name == "llava-onevision":
+        if real:
+            vision = tiny.ONEVISION_0_5B_VISION
+            text = {k: v for k, v in tiny.ONEVISION_0_5B_TEXT.items() if not k.endswith("_token_id")}
+            text |= _token_ids(tokenizer)
         else:
-            vision = dict(depth=2, hidden_size=32, intermediate_size=64, out_hidden_size=TEXT["hidden_size"],
-                          num_heads=2, window_size=112, fullatt_block_indexes=[1], **shape)
-            config = transformers.Qwen2_5_VLConfig(vision_config=vision, text_config=text, **ids)
-        model = getattr(transformers, family.model_class)(config)
+            vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                          image_size=side, patch_size=TINY_PATCH, vision_use_head=False)
+            text = _text_config(tokenizer)
+        return transformers.LlavaOnevisionConfig(
+            vision_config=dict(model_type="siglip_vision_model", **vision),
+            text_config=dict(model_type="qwen2", **text), image_token_id=image_id, video_token_id=video_id,
+            image_grid_pinpoints=[[vision["image_size"]] * 2], vision_feature_layer=-1,
+            vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9")
+    ids = dict(image_token_id=image_id, video_token_id=video_id,
+               vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+               vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"))
+    if real:  # qwen2-vl
+        text = dict(tiny.QWEN2_VL_2B_TEXT, **_token_ids(tokenizer))
+        return transformers.Qwen2VLConfig(vision_config=dict(tiny.QWEN2_VL_2B_VISION), text_config=text, **ids)
+    text = _text_config(tokenizer, rope_parameters=MROPE)
+    shape = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    if family.name == "qwen2-vl":
+        vision = dict(depth=2, embed_dim=32, hidden_size=TEXT["hidden_size"], num_heads=2, mlp_ratio=2, **shape)
+        return transformers.Qwen2VLConfig(vision_config=vision, text_config=text, **ids)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, out_hidden_size=TEXT["hidden_size"], num_heads=2,
+                  window_size=112, fullatt_block_indexes=[1], **shape)
+    return transformers.Qwen2_5_VLConfig(vision_config=vision, text_config=text, **ids)
+
+
+def build_model(family: Family, tokenizer, size: str = "tiny", device=None, dtype=None):
+    """A random-init model of ``family`` whose token ids are ``tokenizer``'s, built on ``device`` in ``dtype``
+    (a real-size model is built where it will run, in the precision it runs in)."""
+    import torch
+    import transformers
+
+    config = model_config(family, tokenizer, size)
+    previous = torch.get_default_dtype()
+    try:
+        if dtype is not None:
+            torch.set_default_dtype(dtype)
+        with torch.device(device or "cpu"):
+            model = getattr(transformers, family.model_class)(config)
+    finally:
+        torch.set_default_dtype(previous)
     generation = model.generation_config
     generation.eos_token_id = tokenizer.eos_token_id
     generation.pad_token_id = tokenizer.pad_token_id
@@ -253,17 +296,20 @@ def build_model(family: Family, tokenizer, patch_size: int = 8):
     return model
 
 
-def build_tiny_family(family: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a random-init tiny ``family`` model and its processor to ``out_dir`` (all or nothing); returns it."""
+def build_family(family: str, out_dir: str | Path, size: str = "tiny", seed: int = 0, device=None,
+                 dtype=None) -> Path:
+    """Write a random-init ``family`` model of ``size`` and its processor to ``out_dir`` (all or nothing); returns
+    the folder."""
     import torch
 
     from forgetbench.checkpoint import write_model_folder
 
     spec = get_family(family)
+    _check_size(spec, size)
     tokenizer = build_tokenizer(spec)
-    processor = build_processor(spec, tokenizer)
+    processor = build_processor(spec, tokenizer, size)
     torch.manual_seed(seed)
-    model = build_model(spec, tokenizer)
+    model = build_model(spec, tokenizer, size, device=device, dtype=dtype)
 
     def write(staging: Path) -> None:
         model.save_pretrained(staging, safe_serialization=True)
@@ -275,17 +321,25 @@ def build_tiny_family(family: str, out_dir: str | Path, seed: int = 0) -> Path:
         raise FamilyError(f"--out {out_dir}: cannot write ({exc.strerror or exc})") from None
 
 
+def build_tiny_family(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random-init ``family`` model and its processor to ``out_dir`` (all or nothing); returns it."""
+    return build_family(family, out_dir, "tiny", seed)
+
+
 # -- command line ---------------------------------------------------------------------------------------------------
 
 def configure_tiny(parser: argparse.ArgumentParser) -> None:
     """Options of ``forgetbench lab tiny``."""
     parser.add_argument("--family", required=True, choices=list(FAMILIES), help="the model family to build")
     parser.add_argument("--out", required=True, type=Path, help="folder to write the model and processor to")
+    parser.add_argument("--size", choices=SIZES, default="tiny",
+                        help=f"tiny (the default: CPU tests), or real (random init at the real model's size: "
+                             f"{', '.join(REAL_SIZE)} only; several GB)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialization")
 
 
 def run_tiny(args: argparse.Namespace) -> int:
     """``forgetbench lab tiny``: build the folder and print its path. Raises :class:`FamilyError` (one line)."""
-    out = build_tiny_family(args.family, args.out, seed=args.seed)
+    out = build_family(args.family, args.out, size=getattr(args, "size", "tiny"), seed=args.seed)
     print(out)
     return 0

@@ -75,6 +75,15 @@ ONEVISION_0_5B_TEXT = dict(hidden_size=896, intermediate_size=4864, num_hidden_l
 ONEVISION_0_5B_VISION = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
                              image_size=384, patch_size=14, vision_use_head=False)
 
+# Qwen2-VL-2B (Qwen/Qwen2-VL-2B-Instruct): Qwen2-1.5B-sized text with M-RoPE + a 675 M-parameter ViT (patch 14,
+# 2x2 merge). Token ids are left to the tokenizer that goes with the model.
+QWEN2_VL_2B_TEXT = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                        num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                        rope_parameters=dict(rope_type="default", rope_theta=1000000.0, mrope_section=[16, 24, 24]),
+                        tie_word_embeddings=True)
+QWEN2_VL_2B_VISION = dict(depth=32, embed_dim=1280, hidden_size=1536, hidden_act="quick_gelu", mlp_ratio=4,
+                          num_heads=16, in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+
 BUILDERS = {
     "lab": _lab,
     "llava-1.5": _llava_1_5,
