@@ -139,7 +139,7 @@ def test_compare_pairs_runs_through_the_manifests(small_study):
     from forgetbench.compare import main
 
     pre, post = small_study / "eval" / "pre", small_study / "eval" / "lora"
-    roles = ["--downstream", "forgetbench_lab_digits", "--upstream", "forgetbench_lab_color", "--resamples", "50"]
+    roles = ["--downstream", "forgetbench_lab_digits", "--upstream", "forgetbench_lab_color", "--resamples", "100"]
     assert main(["--pre", str(pre), "--post", str(pre), *roles]) == 0
     completed = subprocess.run([str(BIN / "forgetbench"), "compare", "--pre", str(post), "--post", str(pre), *roles],
                                capture_output=True, text=True, check=False)
