@@ -574,3 +574,53 @@ def test_gpu_smoke_runs_its_whole_path_on_the_tiny_families(capsys):
             assert result["samples_per_second"] == pytest.approx(16 / result["seconds_per_step"], rel=0.01)
         for kind in ("forgetbench_generation", "forgetbench_likelihood"):
             assert entry["evaluate"][kind]["documents"] == 2 and entry["evaluate"][kind]["seconds"] > 0
+
+
+# -- 6. InstructBLIP: not a supported family, for reasons outside forgetbench ----------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_instructblip(tmp_path_factory) -> Path:
+    from forgetbench.lab.families import build_tiny_instructblip
+
+    return build_tiny_instructblip(tmp_path_factory.mktemp("instructblip") / "model")
+
+
+def test_instructblip_is_refused_by_training_and_by_forgetbench_model(tiny_instructblip, tmp_path):
+    """No architecture map (so no recipe trains it, in one line before it loads) and no chat template (which
+    --model forgetbench renders prompts with, and TRL renders training rows with)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
+
+    from forgetbench.evaluate.model import ImageTextModel
+    from forgetbench.train import ForgetbenchArguments, RecipeError, run_recipe
+    from forgetbench.train.architectures import ARCHITECTURES
+
+    assert type(AutoModelForImageTextToText.from_pretrained(tiny_instructblip)).__name__ == \
+        "InstructBlipForConditionalGeneration"
+    assert AutoProcessor.from_pretrained(tiny_instructblip).chat_template is None
+    assert not any("Blip" in name for name in ARCHITECTURES)
+    parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, ForgetbenchArguments))
+    args = parser.parse_args_and_config(args=[
+        "--config", str(REPO / "recipes" / "configs" / "lab" / "lora.yaml"), "--model_name_or_path",
+        str(tiny_instructblip), "--output_dir", str(tmp_path / "out")])
+    args[3].method = "lora"
+    with pytest.raises(RecipeError, match="architecture InstructBlipForConditionalGeneration has no forgetbench "
+                                          "architecture map"):
+        run_recipe(*args)
+    with pytest.raises(ValueError, match="its processor has no chat template"):
+        ImageTextModel(pretrained=str(tiny_instructblip), device="cpu")
+
+
+def test_lmms_eval_instructblip_wrapper_answers_begin_with_the_question(tiny_instructblip):
+    """lmms-eval 0.7.3's `instructblip` wrapper runs, but decodes all of generate()'s output, which transformers
+    5 begins with the prompt: every answer starts with the question, so exact-match scores are wrong (and it has
+    no loglikelihood: closed-set tasks fail). Why the study cannot evaluate InstructBLIP (docs/methods.md)."""
+    from lmms_eval.models.simple.instructblip import InstructBLIP
+
+    result = evaluate("instructblip", f"pretrained={tiny_instructblip}", ["forgetbench_lab_color"], limit=2)
+    doc = color_docs(1)[0]
+    question = doc_to_text(doc)
+    assert all(answer[0].startswith(question.replace("<image>", "").strip())
+               for answer in answers(result, "forgetbench_lab_color"))
+    with pytest.raises(AssertionError, match="not implemented this function for InstructBLIP"):
+        InstructBLIP.loglikelihood(None, [])

@@ -110,6 +110,9 @@ class ImageTextModel(lmms):
 
         path = resolve_model(pretrained)
         self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if getattr(self.processor, "chat_template", None) is None:  # e.g. InstructBLIP's (docs/methods.md)
+            raise ValueError(f"--model {MODEL_ID}: {pretrained}: its processor has no chat template, which prompts "
+                             "are rendered with (and training renders them with)")
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"  # generation appends on the right of every row
         model = AutoModelForImageTextToText.from_pretrained(

@@ -326,6 +326,48 @@ def build_tiny_family(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     return build_family(family, out_dir, "tiny", seed)
 
 
+# -- InstructBLIP: not a supported family (docs/methods.md, "Every family end to end") --------------------------------
+
+def build_tiny_instructblip(out_dir: str | Path, seed: int = 0) -> Path:
+    """A tiny random-init InstructBLIP (ViT, Q-Former with 4 queries, Llama) with its ``InstructBlipProcessor``:
+    what the tests hold forgetbench's InstructBLIP answers with. Its processor has no chat template (as the real
+    ones: the prompt is the question itself, after the query tokens)."""
+    import copy
+
+    import torch
+    import transformers
+
+    from forgetbench.checkpoint import write_model_folder
+    from forgetbench.lab.model import build_tokenizer as lab_tokenizer
+
+    def plain_tokenizer():  # no image_token attribute: InstructBlipProcessor adds its own <image> (already in the BPE)
+        return transformers.PreTrainedTokenizerFast(
+            tokenizer_object=copy.deepcopy(lab_tokenizer().backend_tokenizer), pad_token="<pad>", bos_token="<s>",
+            eos_token="</s>", model_input_names=["input_ids", "attention_mask"])
+
+    tokenizer, queries = plain_tokenizer(), 4
+    processor = transformers.InstructBlipProcessor(
+        image_processor=transformers.BlipImageProcessor(size={"height": LAB_IMAGE_SIZE, "width": LAB_IMAGE_SIZE}),
+        tokenizer=tokenizer, qformer_tokenizer=plain_tokenizer(), num_query_tokens=queries)
+    vocab = -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    config = transformers.InstructBlipConfig(
+        vision_config=dict(small, image_size=LAB_IMAGE_SIZE, patch_size=TINY_PATCH),
+        qformer_config=dict(small, vocab_size=vocab, encoder_hidden_size=32, max_position_embeddings=128),
+        text_config=dict(model_type="llama", **_text_config(tokenizer)),
+        num_query_tokens=queries, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(seed)
+    model = transformers.InstructBlipForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    def write(staging: Path) -> None:
+        model.save_pretrained(staging, safe_serialization=True)
+        processor.save_pretrained(staging)
+
+    return write_model_folder(out_dir, write)
+
+
 # -- command line ---------------------------------------------------------------------------------------------------
 
 def configure_tiny(parser: argparse.ArgumentParser) -> None:
