@@ -12,7 +12,13 @@ answer and its end-of-turn token (so TRL's ``assistant_only_loss=True`` trains o
 config's token ids are the tokenizer's. Every recipe, lmms-eval's own wrapper for the family and ``--model
 forgetbench`` run on these folders on a CPU (docs/methods.md, "Every family end to end").
 
-Every LLM linear is 64 or 128 wide (bitsandbytes' 4-bit blocks are 64 values; QLoRA runs on them).
+Every LLM linear is 64 or 128 wide (bitsandbytes' 4-bit blocks are 64 values; QLoRA runs on them), and the LLM's
+weights are drawn with std 0.2 (not 0.02), so that its logits are not near-ties: greedy answers and likelihood
+rankings do not flip with batching or CPU kernels.
+
+``build_family(family, out_dir, size="real")`` builds LLaVA-OneVision-0.5B and Qwen2-VL-2B at their real sizes (the
+configs in :mod:`forgetbench.lab.tiny`; the real vocabulary, of which this tokenizer uses the first ids) for
+``benchmarks/gpu_smoke.py``. ``build_tiny_instructblip`` builds the InstructBLIP the tests refuse with.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from forgetbench.errors import ForgetbenchError
 LAB_IMAGE_SIZE = 32  # the lab's images (forgetbench.lab.data.IMAGE_SIZE)
 QWEN_IMAGE_SIDE = 56  # Qwen: one 56x56 grid = 4x4 patches of 14 = 4 image tokens after the 2x2 merge
 VOCAB_MULTIPLE = 64
-TINY_PATCH = 8  # the LLaVA families' vision patch at 32 px: 16 patches per image
+TINY_PATCH = 8  # the LLaVA families' (and InstructBLIP's) vision patch at 32 px: 16 patches per image
 SIZES = ("tiny", "real")
 REAL_SIZE = ("llava-onevision", "qwen2-vl")  # real-size configs: LLaVA-OneVision-0.5B, Qwen2-VL-2B (tiny.py)
 
