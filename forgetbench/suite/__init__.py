@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,21 +77,45 @@ def _closed(task: SuiteTask) -> list[SuiteTask]:
     return [task, SuiteTask(task.name + "_closed", task.module, variant_of=task.name)]
 
 
-_OWN = [
-    SuiteTask("forgetbench_rsvqa_lr", "rsvqa"),
-    # RSVQA-HR is the alternative to LR, not in the default group (tasks/groups/forgetbench_downstream.yaml)
-    SuiteTask("forgetbench_rsvqa_hr", "rsvqa", variant_of="forgetbench_rsvqa_lr"),
-    SuiteTask("forgetbench_pathvqa", "pathvqa"),
-    SuiteTask("forgetbench_iconqa", "iconqa"),
-    SuiteTask("forgetbench_ocrvqa", "ocrvqa"),
-] + [task for key in ("mnist", "cifar10", "cifar100", "miniimagenet")
-     for task in _closed(SuiteTask(f"forgetbench_emt_{key}", "emt"))]
+# A variant that no group lists takes the role of the grouped task it varies (closed sets are found by their suffix).
+VARIANTS = {"forgetbench_rsvqa_hr": "forgetbench_rsvqa_lr"}  # RSVQA-HR: the alternative to LR, not in the group
+
+
+def _hook_module(path: Path) -> str:
+    """The ``forgetbench.suite`` module whose hooks a task YAML (or the template it includes) names."""
+    text = path.read_text()
+    found = re.search(r"forgetbench\.suite\.(\w+)\.", text)
+    if found:
+        return found.group(1)
+    include = re.search(r"^include:\s*(\S+)", text, re.M)
+    if include is None:
+        raise KeyError(f"{path}: names no forgetbench.suite hook, and includes no template that does")
+    return _hook_module(path.parent / include.group(1))
+
+
+def _own_tasks() -> list[SuiteTask]:
+    """Every forgetbench task YAML under ``tasks/`` but the lab's is a registry row (so a new task is its YAML and
+    its hooks): its name is the YAML's ``task:``, its module the one its hooks name."""
+    import forgetbench
+
+    rows = []
+    for path in sorted(forgetbench.tasks_path().rglob("forgetbench_*.yaml")):
+        text = path.read_text()
+        name = re.search(r"^task:[ \t]*(\w+)[ \t]*$", text, re.M)  # a group's task: is a list
+        if name is None or name.group(1).startswith(lab.PREFIX):  # a group, or a lab task (rows of suite.lab)
+            continue
+        task = name.group(1)
+        closed_of = task.removesuffix("_closed") if task.endswith("_closed") else None
+        rows.append(SuiteTask(task, _hook_module(path), variant_of=VARIANTS.get(task, closed_of)))
+    return rows
+
+
 _REUSED = [
     SuiteTask("scienceqa_img", "reused", "scienceqa_example", ("derek-thomas/ScienceQA", "", "scienceqa_rows")),
     SuiteTask("flickr30k_test", "reused", "flickr30k_example", ("nlphuji/flickr30k", "test", "flickr30k_rows")),
 ]
 _LAB = [task for key in lab.LAB_TASKS for task in _closed(SuiteTask(lab.task_name(key), "lab"))]
-TASKS: dict[str, SuiteTask] = {task.name: task for task in _OWN + _REUSED + _LAB}
+TASKS: dict[str, SuiteTask] = {task.name: task for task in _own_tasks() + _REUSED + _LAB}
 
 # What the benchmark's groups list (lmms-eval's own task names where a task is reused).
 DOWNSTREAM = GROUPS["forgetbench_downstream"]
