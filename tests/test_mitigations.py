@@ -63,6 +63,9 @@ REFUSED = [
      "--replay_tasks forgetbench_lab_color: given twice"),
     ("lora", ["--replay_tasks", "forgetbench_lab_color", "--replay_ratio", "1"],
      "--replay_ratio 1.0: must be between 0 and 1, exclusive (the share of replay rows in the training stream)"),
+    ("lora", ["--replay_tasks", "forgetbench_lab_color", "--replay_ratio", "0.95"],
+     "--replay_ratio 0.95: at most 0.9 (the stream is about 1/(1-R) times the target data, 20 times at 0.95, against "
+     "10 at 0.9)"),
     ("full", ["--kl_weight", "-1"],
      "--kl_weight -1.0: must be a finite number >= 0 (0: log the term, do not train on it)"),
     ("lora", ["--l2sp_weight", "nan"], "--l2sp_weight nan: must be a finite number >= 0"),
@@ -393,7 +396,8 @@ def test_wise_alphas_write_interpolated_checkpoints_of_the_arm(tmp_path):
     assert extra_points(out / "wise-0.5") == []  # a WiSE-FT checkpoint's own manifest lists no further points
     half = json.loads((out / "wise-0.5" / "forgetbench_manifest.json").read_text())
     assert half["method"] == "lora+wise" and half["base_model"] == manifest["base_model"] == "forgetbench-lab"
-    assert half["mitigations"]["wise"] == {"alpha": 0.5, "base": str(lab_base_model_path()), "tuned": str(out)}
+    assert half["mitigations"]["wise"] == {"alpha": 0.5, "base": str(lab_base_model_path().resolve()),
+                                          "tuned": str(out)}
 
     # For LoRA, interpolating the merged weights is merging the adapter with its scaling multiplied by alpha:
     # (1 - a) W + a (W + s BA) = W + (a s) BA, equal up to float32 rounding.

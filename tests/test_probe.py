@@ -111,10 +111,15 @@ def test_last_probe_equals_lmms_eval_on_the_saved_model(watched):
 
 def test_budget_stops_early_and_saves_the_last_state_within_budget(tmp_path):
     out = tmp_path / "budget"
+    # 2 points is below what 4 x 32 documents can detect (6.95): allowed, and recorded, on request.
     _run([sys.executable, str(REPO / "recipes" / "full_st.py"), "--config", str(CONFIG), "--max_steps", "300",
-          "--forgetting_budget", "2", "--probe_every", "5", "--output_dir", str(out), *SMALL], tmp_path)
+          "--forgetting_budget", "2", "--allow_underpowered_budget", "--probe_every", "5", "--output_dir", str(out),
+          *SMALL], tmp_path)
     manifest = _manifest(out)
     probe = manifest["probe"]
+    assert probe["power"] == {
+        "minimum_detectable_effect": 6.95, "documents": dict.fromkeys(UPSTREAM, 32), "flip_rate": 0.1, "alpha": 0.05,
+        "power": 0.8, "sided": 1, "underpowered": True, "allow_underpowered_budget": True}
     stopped, restored = probe["stopped_at_step"], probe["restored_step"]
     assert stopped is not None and stopped % 5 == 0 and 0 < stopped < 300
     assert manifest["steps"] == stopped
@@ -165,8 +170,8 @@ def test_two_processes_stop_together_with_identical_weights(tmp_path):
     out = tmp_path / "ddp"
     _run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(script), "full_st", "--save-rank-state",
           "--config", str(CONFIG), "--use_cpu", "true", "--max_steps", "300", "--forgetting_budget", "2",
-          "--probe_every", "5", "--probe_limit", "16", "--output_dir", str(out), "--per_device_train_batch_size", "4",
-          "--disable_tqdm", "true"], tmp_path)
+          "--allow_underpowered_budget", "--probe_every", "5", "--probe_limit", "16", "--output_dir", str(out),
+          "--per_device_train_batch_size", "4", "--disable_tqdm", "true"], tmp_path)
     probe = _manifest(out)["probe"]
     stopped = probe["stopped_at_step"]
     assert stopped is not None and stopped % 5 == 0 and stopped < 300 and probe["restored_step"] < stopped
@@ -220,6 +225,13 @@ def _moved(weights: dict) -> bool:
     (["--probe_every", "5", "--probe_tasks", "forgetbench_lab_digits"],
      "--probe_tasks forgetbench_lab_digits: the training task"),
     (["--probe_tasks", "forgetbench_lab_color"], "--probe_tasks: the probe is off"),
+    (["--forgetting_budget", "2"], "--forgetting_budget 2: below what the probe can detect: 32 documents on each of "
+     "4 upstream tasks detect a forgetting of 6.95 points (one-sided 5%, power 80%, assuming 10% of documents flip); "
+     "no --probe_limit can (the test splits hold 200 documents each); or pass --allow_underpowered_budget to run "
+     "anyway"),
+    (["--forgetting_budget", "5"], "--forgetting_budget 5: below what the probe can detect: 32 documents on each of "
+     "4 upstream tasks detect a forgetting of 6.95 points (one-sided 5%, power 80%, assuming 10% of documents flip); "
+     "--probe_limit 62 would detect 5; or pass --allow_underpowered_budget to run anyway"),
 ])
 def test_bad_probe_values_are_one_line_before_any_model_loads(tmp_path, capsys, monkeypatch, extra, message):
     import forgetbench.train.recipe as recipe
@@ -246,7 +258,7 @@ def test_the_issue_commands_at_the_config_batch(tmp_path):
     assert [r["step"] for r in _records(watched)] == [0, 20, 40, 60, 80]
     assert _records(watched)[0]["F"] == 0.0
     _run(launch_command("full_st", CONFIG, ["--max_steps", "300", "--probe_every", "20", "--forgetting_budget", "2",
-                                            "--output_dir", str(budget)]), tmp_path)
+                                            "--allow_underpowered_budget", "--output_dir", str(budget)]), tmp_path)
     probe = _manifest(budget)["probe"]
     assert probe["stopped_at_step"] % 20 == 0 and probe["stopped_at_step"] < 300
     assert probe["restored_step"] < probe["stopped_at_step"]

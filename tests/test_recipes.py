@@ -150,7 +150,7 @@ def test_the_check_step_needs_no_model_and_yields_the_rows_the_run_trains_on(mon
                              "--replay_tasks", "forgetbench_lab_color", "--replay_ratio", "0.25")
     args[3].method = "lora"
     checked = recipe.check(recipe.Args(*args))
-    assert checked.method.name == "lora" and checked.model_path == str(lab_base_model_path())
+    assert checked.method.name == "lora" and checked.model_path == str(lab_base_model_path().resolve())
     assert (checked.resume, checked.probe, checked.skipped, checked.remote_code) == (None, None, [], False)
     # replay's share of one pass over the 1,497 target rows: ceil(1497 * 0.25 / 0.75) = 499
     assert checked.mitigations.records == {"replay": {"target": 1497, "forgetbench_lab_color": 499}}

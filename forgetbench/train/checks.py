@@ -11,13 +11,23 @@ import argparse
 import difflib
 import logging
 import math
+import os
+import re
 import warnings
 from pathlib import Path
 
+from forgetbench.checkpoint import manifest_path
 from forgetbench.errors import one_line
 from forgetbench.train.errors import RecipeError
 
 CONFIG_ONLY_KEYS = ("env",)  # TRL's own config key: environment variables to set
+# What a recipe writes into its output_dir before the manifest (an interrupted run leaves them): the Trainer's
+# checkpoint-N folders, the probe's log, TensorBoard's runs/ (report_to tensorboard) and the model card TRL writes at
+# every checkpoint save (README.md, known by its template's sentence). The manifest itself marks a finished run's
+# folder as a recipe's.
+OWN_FILES = ("forgetting_probe.jsonl", "runs")
+OWN_FOLDER = re.compile(r"checkpoint-\d+")
+TRL_MODEL_CARD = "It has been trained using [TRL](https://github.com/huggingface/trl)."
 
 
 def unwritten(out_dir: Path, exc: BaseException, outcome: str) -> str:
@@ -246,3 +256,47 @@ def check_model_config(model_path: str, model_args, method, forgetbench_args, re
         except MethodError as exc:
             raise RecipeError(str(exc)) from None
     return config
+
+
+def local_model_path(name_or_path: str) -> str:
+    """What ``from_pretrained`` takes for ``--model_name_or_path``: the lab alias resolved, and an existing local
+    folder as an absolute path without symlinks (so the manifest names it from any working folder); a hub id as
+    is."""
+    from forgetbench.checkpoint import resolve_model
+
+    path = resolve_model(name_or_path)
+    return str(Path(path).resolve()) if os.path.exists(path) else path
+
+
+def check_output_dir(output_dir: str, model_path: str, overwrite: bool) -> None:
+    """``--output_dir`` before anything is written: a folder (or nothing yet), never the model folder it loads,
+    inside it or holding it (the save would write over the model it is tuned from); and, unless
+    ``--overwrite_output_dir``, holding only what a recipe writes (a finished run's folder, with its manifest, or an
+    interrupted run's checkpoints)."""
+    out, label = Path(output_dir), f"--output_dir {output_dir}"
+    if out.exists() and not out.is_dir():
+        raise RecipeError(f"{label}: a file, not a folder; name a new or empty folder")
+    if os.path.exists(model_path):
+        ours, theirs = Path(os.path.realpath(out)), Path(os.path.realpath(model_path))
+        where = ("is the model folder" if ours == theirs else "is inside the model folder"
+                 if ours.is_relative_to(theirs) else "holds the model folder" if theirs.is_relative_to(ours) else None)
+        if where:
+            raise RecipeError(f"{label}: {where} the run loads ({theirs}); the checkpoint would be written over the "
+                              "model it is tuned from: name another folder")
+    if overwrite or not out.is_dir() or manifest_path(out).is_file():
+        return
+    foreign = sorted(item.name for item in out.iterdir() if not _written_by_a_recipe(item))
+    if foreign:
+        named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise RecipeError(f"{label}: holds files a recipe did not write ({named}); name a new or empty folder, or "
+                          "pass --overwrite_output_dir true to write into it anyway")
+
+
+def _written_by_a_recipe(item: Path) -> bool:
+    if item.name in OWN_FILES or (item.is_dir() and OWN_FOLDER.fullmatch(item.name)):
+        return True
+    if item.name == "README.md" and item.is_file():
+        with open(item, encoding="utf-8", errors="replace") as handle:
+            return TRL_MODEL_CARD in handle.read(65536)
+    return False
+

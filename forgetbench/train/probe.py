@@ -22,6 +22,11 @@ a document together) is below -P. A probe is *within budget* when its F is at le
 trainable parameters are copied to CPU, and on a stop the last within-budget copy is put back into the model before
 the recipe saves it. So the saved model is the last probed state within budget.
 
+Before training, a budget is checked against what the probe can see: the minimum detectable effect of F
+(:func:`minimum_detectable_effect`: one-sided, alpha 0.05, power 0.8, assuming 10 % of documents flip between two
+probes) with the probe's documents. A budget below it is refused in one line naming the ``--probe_limit`` that would
+do, unless ``--allow_underpowered_budget``; the manifest records the figures under ``probe.power``.
+
 Under DDP the probe runs on rank 0; its result (scores, the decision) is broadcast, so every rank logs the same
 numbers, stops at the same step and restores the same state.
 """
@@ -32,8 +37,10 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 
 from transformers import TrainerCallback
 
@@ -47,6 +54,13 @@ JSONL = "forgetting_probe.jsonl"
 BATCH = 16  # rows per generate() call
 RESAMPLES = 2000
 CONFIDENCE = 0.95
+# The budget's power check (docs/recipes.md): a one-sided test at ALPHA with POWER, and a document's delta between
+# two probes taken as FLIP_RATE of documents moving by the whole 100 points (a 0/1 metric), half each way: variance
+# FLIP_RATE * 100**2 per document, as forgetbench power assumes without a measured pair.
+ALPHA = 0.05
+POWER = 0.8
+FLIP_RATE = 0.1
+FULL_RANGE = 100.0
 
 
 @dataclass
@@ -59,6 +73,7 @@ class ProbeTask:
     process_results: object
     metric: str
     factor: float  # metric value -> points
+    available: int = 0  # documents in the test split (the probe takes the first --probe_limit)
 
 
 def default_tasks(dataset_name: str | None) -> tuple[list[str], list[str]]:
@@ -110,9 +125,66 @@ def _load_task(name: str, role: str, limit: int) -> ProbeTask:
         docs = suite.load_split(name, config.get("test_split", "test"))
     except Exception as exc:  # datasets raises many kinds
         raise RecipeError(f"--probe_tasks {name}: cannot load its test split: {type(exc).__name__}: {exc}") from None
-    docs = [docs[i] for i in range(min(limit, len(docs)))]
+    available = len(docs)
+    docs = [docs[i] for i in range(min(limit, available))]
     factor = 100.0 if meta.get("scale", "fraction") == "fraction" else 1.0
-    return ProbeTask(name, role, docs, generation, until, config["process_results"], metric, factor)
+    return ProbeTask(name, role, docs, generation, until, config["process_results"], metric, factor, available)
+
+
+def minimum_detectable_effect(counts: Sequence[int], flip_rate: float = FLIP_RATE) -> float:
+    """The smallest forgetting (points of F, the mean over the upstream tasks of each task's mean delta) that a probe
+    with ``counts`` documents per upstream task detects, one-sided at :data:`ALPHA` with :data:`POWER`:
+    ``(z(1 - ALPHA) + z(POWER)) * 100 * sqrt(flip_rate * sum(1 / n_t)) / k`` for k tasks.
+
+    >>> round(minimum_detectable_effect([32] * 4), 2)  # the lab's default probe: 4 tasks x 32 documents
+    6.95
+    >>> round(minimum_detectable_effect([387] * 4), 2)
+    2.0
+    """
+    z = NormalDist().inv_cdf(1 - ALPHA) + NormalDist().inv_cdf(POWER)
+    return z * FULL_RANGE * math.sqrt(flip_rate * sum(1 / n for n in counts)) / len(counts)
+
+
+def limit_needed(budget: float, available: Sequence[int], flip_rate: float = FLIP_RATE) -> int | None:
+    """The smallest ``--probe_limit`` whose minimum detectable effect is at most ``budget`` (each task capped at its
+    ``available`` test documents), or None when none is.
+
+    >>> limit_needed(2.0, [1000] * 4), limit_needed(2.0, [150] * 4), limit_needed(0.0, [1000])
+    (387, None, None)
+    """
+    def mde(limit: int) -> float:
+        return minimum_detectable_effect([min(limit, n) for n in available], flip_rate)
+
+    high = max(available)
+    if budget <= 0 or mde(high) > budget:
+        return None
+    low = 1
+    while low < high:  # mde falls as the limit grows
+        middle = (low + high) // 2
+        low, high = (low, middle) if mde(middle) <= budget else (middle + 1, high)
+    return low
+
+
+def check_power(budget: float, upstream: list[ProbeTask], allow: bool) -> dict:
+    """A budget against the probe's power: refused in one line when it is below the minimum detectable effect,
+    unless ``allow``; returns what the manifest records."""
+    counts = [len(task.docs) for task in upstream]
+    mde = minimum_detectable_effect(counts)
+    record = {"minimum_detectable_effect": round(mde, 3), "documents": {t.name: len(t.docs) for t in upstream},
+              "flip_rate": FLIP_RATE, "alpha": ALPHA, "power": POWER, "sided": 1, "underpowered": mde > budget,
+              "allow_underpowered_budget": allow}
+    if mde <= budget or allow:
+        return record
+    needed = limit_needed(budget, [task.available for task in upstream])
+    sizes = f"{counts[0]}" if len(set(counts)) == 1 else f"{min(counts)}-{max(counts)}"
+    held = sorted({t.available for t in upstream})
+    fix = (f"--probe_limit {needed} would detect {budget:g}" if needed is not None else
+           f"no --probe_limit can (the test splits hold {held[0]} documents each)" if len(held) == 1 else
+           f"no --probe_limit can (the test splits hold {held[0]} to {held[-1]} documents)")
+    raise RecipeError(f"--forgetting_budget {budget:g}: below what the probe can detect: {sizes} documents on each of "
+                      f"{len(counts)} upstream tasks detect a forgetting of {mde:.2f} points (one-sided "
+                      f"{ALPHA:.0%}, power {POWER:.0%}, assuming {FLIP_RATE:.0%} of documents flip); {fix}; or pass "
+                      "--allow_underpowered_budget to run anyway")
 
 
 def forgetting_probe(args, dataset_name: str | None, resume: str | None = None) -> ForgettingProbe | None:
@@ -150,7 +222,12 @@ def forgetting_probe(args, dataset_name: str | None, resume: str | None = None) 
     started = time.perf_counter()
     tasks = [_load_task(n, "downstream", args.probe_limit) for n in downstream]
     tasks += [_load_task(n, "upstream", args.probe_limit) for n in upstream]
+    power = None
+    if budget is not None:
+        power = check_power(budget, [t for t in tasks if t.role == "upstream"],
+                            bool(getattr(args, "allow_underpowered_budget", False)))
     probe = ForgettingProbe(tasks, every or DEFAULT_EVERY, args.probe_limit, budget)
+    probe.power = power
     probe.load_seconds = time.perf_counter() - started
     return probe
 
@@ -220,6 +297,7 @@ class ForgettingProbe(TrainerCallback):
         self.last: dict | None = None
         self.seconds = 0.0  # every probe, start to end (scoring, logging, the kept copy), on this rank
         self.load_seconds = 0.0  # loading the documents, before the model
+        self.power: dict | None = None  # the budget's power check (check_power); None without a budget
         self.probes = 0
 
     # -- scoring (rank 0) ----------------------------------------------------------------------------------------
@@ -380,5 +458,5 @@ class ForgettingProbe(TrainerCallback):
                 "tasks": {role: [t.name for t in self.tasks if t.role == role] for role in ("downstream", "upstream")},
                 "budget": self.budget, "stopped_at_step": self.stopped_at, "restored_step": self.restored,
                 "reason": self.reason, "probes": self.probes, "last": self.last, "seconds": round(self.seconds, 3),
-                "load_seconds": round(self.load_seconds, 3),
+                "load_seconds": round(self.load_seconds, 3), "power": self.power,
                 "log": JSONL}

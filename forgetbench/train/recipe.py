@@ -75,9 +75,17 @@ class RecipeOptions:
         default=None, metadata={"help": "stop when F is below -P points with 95%% confidence; keep the last state "
                                         "within budget (turns the probe on)"}
     )
+    allow_underpowered_budget: bool = field(
+        default=False, metadata={"help": "run a --forgetting_budget smaller than the probe can detect (refused "
+                                         "otherwise; docs/recipes.md); the manifest records it"}
+    )
     skip_bad_rows: bool = field(
         default=False, metadata={"help": "train without the rows whose images cannot be read (refused otherwise); "
                                          "the manifest records them under skipped_rows"}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "write into an output_dir that holds files a recipe did not write "
+                                         "(refused otherwise); never into the model folder it loads"}
     )
 
 
@@ -199,7 +207,7 @@ class Checked:
     """What :func:`check` established before any model loads."""
 
     method: Any  # forgetbench.train.methods.Method
-    model_path: str  # what from_pretrained takes
+    model_path: str  # what from_pretrained takes: a local folder absolute, without symlinks
     remote_code: bool
     resume: str | None  # the checkpoint to resume from
     rows: Any  # the training rows, after the mitigations that change them
@@ -226,7 +234,13 @@ class Session:
 def check(args: Args) -> Checked:
     """Everything that needs no model, checked before one loads (docs/faults.md): the method, the mitigations, the
     probe, every value, the model's config, the training rows and every image in them."""
-    from forgetbench.train.checks import check_model_config, check_values, trusts_remote_code
+    from forgetbench.train.checks import (
+        check_model_config,
+        check_output_dir,
+        check_values,
+        local_model_path,
+        trusts_remote_code,
+    )
     from forgetbench.train.methods import MethodError, get_method
     from forgetbench.train.mitigations import plan_mitigations
     from forgetbench.train.probe import forgetting_probe
@@ -242,10 +256,11 @@ def check(args: Args) -> Checked:
     resume = _resume_target(args.training)
     probe = forgetting_probe(options, dataset, resume)  # None when off
     check_values(args.script, args.training, args.model, options)
-    model_path = resolve_model(args.model.model_name_or_path)
+    model_path = local_model_path(args.model.model_name_or_path)
     remote_code = trusts_remote_code(args.training, args.model)
     check_model_config(model_path, args.model, method, options, remote_code)
     check_quantizable(model_path, method, f"--model_name_or_path {args.model.model_name_or_path}")
+    check_output_dir(args.training.output_dir, model_path, options.overwrite_output_dir)
     rows, skipped = training_rows(args)
     rows = mitigations.mix_data(rows, args.training.seed)
     return Checked(method, model_path, remote_code, resume, rows, skipped, mitigations, probe)
@@ -345,8 +360,11 @@ def build_manifest(args: Args, checked: Checked, loaded: Loaded, session: Sessio
     """The manifest of the checkpoint (``forgetbench_manifest.json``): the one place that says what it holds."""
     method, options, trainer = checked.method, args.options, session.trainer
     history = trainer.state.log_history
+    name = args.model.model_name_or_path
     manifest = {
-        "base_model": args.model.model_name_or_path,
+        # A relative folder is stored absolute, so compare run from another folder still finds the lineage.
+        "base_model": checked.model_path if resolve_model(name) == name and not Path(name).is_absolute()
+        and Path(name).exists() else name,
         "base_model_path": checked.model_path,
         "method": method.name,
         "method_family": method.family,

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 from forgetbench.train.mitigations.entry import Context, Entry, MitigationError, Option
 
+# The stream is about n / (1 - R) rows for n target rows (with_replay): at most 10 times the target data, so a run
+# still trains mostly on its own task's rows at the scale its steps and epochs were set for.
+MAX_RATIO = 0.9
+
 
 @dataclass(frozen=True)
 class Replay:
@@ -38,6 +42,10 @@ def check(args, context: Context) -> Replay | None:
     if not 0 < ratio < 1:  # NaN fails too
         raise MitigationError(f"--replay_ratio {ratio}: must be between 0 and 1, exclusive (the share of replay "
                               "rows in the training stream)")
+    if ratio > MAX_RATIO:
+        raise MitigationError(f"--replay_ratio {ratio}: at most {MAX_RATIO} (the stream is about 1/(1-R) times the "
+                              f"target data, {1 / (1 - ratio):.0f} times at {ratio}, against "
+                              f"{1 / (1 - MAX_RATIO):.0f} at {MAX_RATIO})")
     return Replay(tasks, ratio)
 
 
@@ -61,6 +69,7 @@ MITIGATION = Entry(
     name="replay", order=10, check=check, mix_data=mix_data, manifest=manifest,
     options=(
         Option("replay_tasks", str | None, "replay: registered tasks a,b whose train rows are mixed into the data"),
-        Option("replay_ratio", float | None, "replay: the share of replay rows in the training stream, in (0, 1)"),
+        Option("replay_ratio", float | None, "replay: the share of replay rows in the training stream, in "
+                                             f"(0, {MAX_RATIO}]"),
     ),
 )
