@@ -100,7 +100,7 @@ def save_model(model, processor, out_dir: str | Path, manifest: dict) -> Path:
     """Save a (plain, already merged) transformers model, its processor and its manifest, as safetensors."""
 
     def write(staging: Path) -> None:
-        model.save_pretrained(staging, safe_serialization=True)
+        model.save_pretrained(staging)
         processor.save_pretrained(staging)
         manifest_path(staging).write_bytes(manifest_bytes(manifest))
 

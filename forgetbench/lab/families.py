@@ -318,7 +318,7 @@ def build_family(family: str, out_dir: str | Path, size: str = "tiny", seed: int
     model = build_model(spec, tokenizer, size, device=device, dtype=dtype)
 
     def write(staging: Path) -> None:
-        model.save_pretrained(staging, safe_serialization=True)
+        model.save_pretrained(staging)
         processor.save_pretrained(staging)
 
     try:
@@ -368,7 +368,7 @@ def build_tiny_instructblip(out_dir: str | Path, seed: int = 0) -> Path:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
     def write(staging: Path) -> None:
-        model.save_pretrained(staging, safe_serialization=True)
+        model.save_pretrained(staging)
         processor.save_pretrained(staging)
 
     return write_model_folder(out_dir, write)

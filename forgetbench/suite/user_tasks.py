@@ -898,7 +898,11 @@ def _read_yaml(path: Path) -> dict:
         pass
 
     Loader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
+    loader = Loader(path.read_text(encoding="utf-8"))  # a SafeLoader: only !function is added, read as text
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def load_split(task: str | Path, split: str = "test", tasks_dir: str | Path | None = None):
