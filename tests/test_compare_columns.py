@@ -41,7 +41,8 @@ def test_a_new_statistic_is_one_declaration(tmp_path, monkeypatch, capsys):
     row = json.loads((out / "compare.json").read_text())["tasks"]["chartqa"]
     assert row["spread"] == pytest.approx(100 * (0.6 * 0.4) ** 0.5)
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].split()[-1] == "sd" and printed[1].split()[-1] == "48.99"
+    header = next(i for i, line in enumerate(printed) if line.startswith("task "))  # after the recommendation
+    assert printed[header].split()[-1] == "sd" and printed[header + 1].split()[-1] == "48.99"
     assert "| sd |" in (out / "compare.md").read_text()
     with open(out / "compare.csv", newline="") as fh:
         records = list(csv.DictReader(fh))
@@ -53,11 +54,13 @@ def test_a_new_statistic_is_one_declaration(tmp_path, monkeypatch, capsys):
 def test_report_html_columns():
     """The per-task columns report.html shows (after its arm and task columns), as the study's template had them."""
     assert [h for h, _ in columns.html_header()] == ["role", "pre", "post", "delta", "delta CI", "forgot", "learned",
-                                                     "McNemar p"]
+                                                     "McNemar p", "MDE", "underpowered"]
     row = {"role": "upstream", "pre": 90.0, "post": 80.0, "delta": -10.0, "delta_ci": [-25.0, 0.0],
-           "flips": {"forgotten": 2, "learned": 0}, "mcnemar": {"pvalue": 0.5}}
+           "flips": {"forgotten": 2, "learned": 0}, "mcnemar": {"pvalue": 0.5}, "mde": 18.7893,
+           "underpowered": True, "n_needed_budget": 1392}
     assert columns.html_cells(row) == [("upstream", "text"), ("90.0", ""), ("80.0", ""), ("-10.0", "neg"),
-                                       ("[-25.0, +0.0]", ""), ("2", ""), ("0", ""), ("0.5", "")]
+                                       ("[-25.0, +0.0]", ""), ("2", ""), ("0", ""), ("0.5", ""), ("18.8", ""),
+                                       ("yes (1392 docs)", "")]
 
 
 def test_text_columns_come_before_numbers():

@@ -1,46 +1,31 @@
 """``forgetbench compare`` on the command line: the arguments, their parsing into typed inputs, the exit codes.
 
-The only module of the compare package that sees argparse, with the ``forgetbench stages`` CLI in stages.py,
-which reuses the option helpers here.
+The option helpers shared with ``forgetbench stages`` (stages.py) and ``forgetbench power`` (power.py) live in
+options.py and are importable from here as before.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from forgetbench.compare import stats
 from forgetbench.compare.errors import CompareError
+from forgetbench.compare.options import add_score_options, check_roles, posts_of, task_list  # noqa: F401 - also cli's API
 from forgetbench.compare.report import (
     MIN_RESAMPLES,
     CompareOptions,
     Comparison,
     check_bootstrap,
+    check_budget,
     check_choice,
     check_outputs,
-    check_roles,
-    check_tasks,
     compare_runs,
 )
 from forgetbench.errors import command_main, emit, guarded
 
 PROG = "forgetbench compare"
-
-
-def task_list(text: str, option: str) -> list[str]:
-    """``TASK[,TASK...]`` as a list, refusing empty names and repeats.
-
-    >>> task_list("chartqa, docvqa", "--downstream")
-    ['chartqa', 'docvqa']
-    """
-    tasks = [t.strip() for t in text.split(",")]
-    if not all(tasks):
-        raise CompareError(f"{option}: empty task name in {text!r}")
-    check_tasks(tasks, option)
-    return tasks
 
 
 def assignments(items: Sequence[str] | None, option: str, tasks: Sequence[str]) -> dict[str, str]:
@@ -60,29 +45,6 @@ def assignments(items: Sequence[str] | None, option: str, tasks: Sequence[str]) 
     return out
 
 
-def posts_of(items: Sequence[str]) -> list[tuple[str, str]]:
-    """``--post DIR`` or repeated ``--post NAME=DIR`` as ``[(name, dir)]``; an existing path is never split.
-
-    >>> posts_of(["lora=/no/such/a", "full=/no/such/b"])
-    [('lora', '/no/such/a'), ('full', '/no/such/b')]
-    """
-    posts = []
-    for item in items:
-        name, sep, path = item.partition("=")
-        if os.path.exists(item) or not sep or not name.strip() or not path:
-            name, path = ("post" if len(items) == 1 else Path(item).name or item), item
-        posts.append((name.strip(), path))
-    return posts
-
-
-def add_score_options(parser: argparse.ArgumentParser) -> None:
-    """``--metric`` and ``--metric-scale`` (shared with ``forgetbench stages``)."""
-    parser.add_argument("--metric", action="append", metavar="TASK=NAME",
-                        help="primary metric of TASK (repeatable); NAME may carry a filter: NAME,FILTER")
-    parser.add_argument("--metric-scale", action="append", metavar=f"TASK={stats.SCALE_HELP}",
-                        help="scale of TASK's metric when forgetbench does not know it (repeatable)")
-
-
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``compare`` arguments to ``parser``."""
     parser.description = parser.description or (
@@ -99,11 +61,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_path", metavar="FILE", help="also write the result as JSON to FILE")
     parser.add_argument("--out", metavar="DIR", help="write compare.json, compare.md, compare.csv, forgotten.csv, "
                                                      "learned.csv, ef.png and ef.svg into DIR (created if needed)")
+    parser.add_argument("--html", dest="html_path", metavar="FILE",
+                        help="also write the report as one self-contained HTML page to FILE (the study's report.html)")
     parser.add_argument("--resamples", type=int, default=10000, metavar="B",
                         help=f"bootstrap resamples for the intervals, at least {MIN_RESAMPLES}; 0 turns them off "
                              "(default: %(default)s)")
     parser.add_argument("--confidence", type=float, default=0.95, help="interval level (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed, >= 0 (default: %(default)s)")
+    parser.add_argument("--budget", type=float, default=2.0, metavar="P",
+                        help="forgetting budget in points: an upstream task or F whose one-sided MDE exceeds it is "
+                             "underpowered, and the recommendation picks among the arms whose F is not significantly "
+                             "below -P (default: %(default)s)")
     parser.add_argument("--allow-mismatch", action="store_true",
                         help="compare only the samples both runs share instead of refusing differing runs")
     parser.add_argument("--relative", action="store_true", help="add post/pre - 1 (in %%) to the printed table")
@@ -115,11 +83,13 @@ def comparison_of(args: argparse.Namespace) -> Comparison:
     upstream = task_list(args.upstream, "--upstream")
     check_roles(downstream, upstream)
     check_bootstrap(args.resamples, args.confidence, args.seed)
+    check_budget(args.budget)
     posts = posts_of(args.post)
-    check_outputs([args.pre, *(path for _, path in posts)], args.out, args.json_path)  # before the work, not after
+    check_outputs([args.pre, *(path for _, path in posts)], args.out, args.json_path,
+                  getattr(args, "html_path", None))  # before the work, not after
     tasks = downstream + upstream
     options = CompareOptions(resamples=args.resamples, confidence=args.confidence, seed=args.seed,
-                             allow_mismatch=args.allow_mismatch,
+                             allow_mismatch=args.allow_mismatch, budget=args.budget,
                              metrics=assignments(args.metric, "--metric", tasks),
                              scales=assignments(args.metric_scale, "--metric-scale", tasks))
     return compare_runs(args.pre, posts, downstream, upstream, options)
@@ -127,7 +97,8 @@ def comparison_of(args: argparse.Namespace) -> Comparison:
 
 def _run(args: argparse.Namespace) -> int:
     comparison = comparison_of(args)
-    comparison.write(*(Path(p) if p is not None else None for p in (args.out, args.json_path)))
+    comparison.write(*(Path(p) if p is not None else None
+                       for p in (args.out, args.json_path, getattr(args, "html_path", None))))
     return emit(comparison.table(args.relative))
 
 

@@ -40,6 +40,8 @@ class TaskScore:
     values: tuple[np.ndarray, np.ndarray] | None = None  # per-document scores (points) of the paired documents
     confidence: float = 0.95  # of the intervals
     unscorable: dict | None = None  # {pre, post}: documents whose image --model forgetbench could not decode
+    measure: dict | None = None  # power.measure_documents / measure_units of the paired scores (variance, n, deff)
+    power: dict | None = None  # the task's row of power.plan_block: mde, mde_one_sided, n_needed_budget, ...
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,21 @@ def _delta_ci(score: TaskScore, base: Mapping) -> list[float] | None:
     return None if score.deviations is None else stats.interval(base["delta"], score.deviations, score.confidence)
 
 
+def _power(key: str) -> Callable[[TaskScore, Mapping], object]:
+    return lambda score, base: (score.power or {}).get(key)
+
+
+def underpowered_text(row: Row) -> str:
+    """``yes (N docs)`` when the task's one-sided MDE exceeds the budget (N documents would suffice), ``no``, or
+    ``-`` (a downstream task, or no variance to plan with).
+
+    >>> underpowered_text({"underpowered": True, "n_needed_budget": 1392}), underpowered_text({"underpowered": None})
+    ('yes (1392 docs)', '-')
+    """
+    flag = row.get("underpowered")
+    return "-" if flag is None else f"yes ({row['n_needed_budget']} docs)" if flag else "no"
+
+
 STATS: tuple[Stat, ...] = (
     Stat("role", _base("role"), (_text("role"),), (("role", _value("role")),)),
     Stat("metric", _score("metric"), (_text("metric", html=False),), (("metric", _value("metric")),)),
@@ -147,6 +164,13 @@ STATS: tuple[Stat, ...] = (
     Stat("mcnemar", _score("mcnemar"), (Cell("McNemar p", lambda row: _p(row["mcnemar"]),
                                              lambda row: _p(row["mcnemar"])),),
          (("mcnemar_p", lambda row: (row["mcnemar"] or {}).get("pvalue")),)),
+    Stat("mde", _power("mde"), (Cell("MDE", lambda row: number_text(row.get("mde"), False),
+                                      lambda row: number_text(row.get("mde"), False, 1)),),
+         (("mde", _value("mde")),)),
+    Stat("mde_one_sided", _power("mde_one_sided"), csv=(("mde_one_sided", _value("mde_one_sided")),)),
+    Stat("n_needed_budget", _power("n_needed_budget"), csv=(("n_needed_budget", _value("n_needed_budget")),)),
+    Stat("underpowered", _power("underpowered"), (Cell("underpowered", underpowered_text, underpowered_text),),
+         (("underpowered", _value("underpowered")),)),
     Stat("cluster_key", _score("cluster_key")),
     Stat("unit", _score("unit")),
     Stat("clusters", _score("clusters")),
@@ -189,7 +213,7 @@ def html_cells(row: Row) -> list[tuple[str, str]]:
     >>> row = task_row(TaskScore("acc", "fraction", (50.0, 40.0), None),
     ...                {"pre": 50.0, "post": 40.0, "delta": -10.0, "role": "upstream"})
     >>> [text for text, _ in html_cells(row)], html_cells(row)[3]
-    (['upstream', '50.0', '40.0', '-10.0', '-', '-', '-', '-'], ('-10.0', 'neg'))
+    (['upstream', '50.0', '40.0', '-10.0', '-', '-', '-', '-', '-', '-'], ('-10.0', 'neg'))
     """
     return [(cell.html(row), "text" if not cell.numeric else cell.tone(row) if cell.tone else "")
             for cell in table_cells() if cell.html is not None]

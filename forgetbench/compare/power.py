@@ -163,16 +163,19 @@ def combine(parts: Sequence[tuple[float, int, float]]) -> tuple[float, int, floa
     return plain * total, total, (clustered / plain if plain > 0 else 1.0)
 
 
-def phrase(delta: float, mde_points: float | None, significant: bool | None) -> str:
-    """A change worded with what the study can detect (``mde_points``: its two-sided MDE), as compare's report may
-    word E, F or a task.
+def phrase(delta: float, mde_points: float | None, significant: bool | None,
+           verbs: tuple[str, str] = ("forgot", "gained")) -> str:
+    """A change worded with what the study can detect (``mde_points``: its two-sided MDE), as compare's report words
+    E, F or a task; ``verbs``: for a fall and a rise (E's fall is ``lost``).
 
     >>> phrase(-1.2, 3.4, significant=False)
     'forgot 1.2 points (not significant; this study detects 3.4 or more)'
     >>> phrase(5.0, 2.8, significant=True)
     'gained 5.0 points (significant; this study detects 2.8 or more)'
+    >>> phrase(-12.0, None, significant=True), phrase(-3.0, None, None, ("lost", "gained"))
+    ('forgot 12.0 points (significant)', 'lost 3.0 points')
     """
-    verb = "forgot" if delta < 0 else "gained"
+    verb = verbs[0] if delta < 0 else verbs[1]
     parts = [] if significant is None else ["significant" if significant else "not significant"]
     parts += [] if mde_points is None else [f"this study detects {mde_points:.1f} or more"]
     return f"{verb} {abs(delta):.1f} points" + (f" ({'; '.join(parts)})" if parts else "")
@@ -218,7 +221,7 @@ def task_roles(run: dict, tasks: Sequence[str] | None, downstream: Sequence[str]
     >>> task_roles(run, ["b", "c"], None, ["b"])
     {'b': 'upstream', 'c': 'other'}
     """
-    from forgetbench.compare.report import check_roles, check_tasks
+    from forgetbench.compare.options import check_roles, check_tasks
 
     groups = run.get("group_subtasks") if isinstance(run.get("group_subtasks"), dict) else {}
     for option, names in (("--tasks", tasks), ("--downstream", downstream), ("--upstream", upstream)):
@@ -293,7 +296,7 @@ def measure_task(pre: dict, pre_label: str, post: dict | None, post_label: str |
 def _measured(row: dict, pre: dict, task: str, base: str, factor: float, values: Sequence[float], pre_s: dict,
               post_s: dict, common: list[int], post_label: str) -> bool:
     """Fill ``row`` from the paired documents ``common``; False when they give no variance."""
-    from forgetbench.compare import corpus, scores, stats
+    from forgetbench.compare import corpus, scores
 
     if not common:
         row["variance_note"] = "no document paired"
@@ -313,37 +316,74 @@ def _measured(row: dict, pre: dict, task: str, base: str, factor: float, values:
         elif dropped:
             row["delta"] = float(b.mean() - a.mean()) * factor
     if numeric:
-        d = b - a
         clusters = [pre_s[doc].cluster for doc in common] if row["cluster_key"] else None
-        row["clusters"] = len(set(clusters)) if clusters else n
-        if np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all():
-            flips = stats.flip_counts(a, b)
-            row["flips"] = flips
-            unit_variance = paired_variance(flips["forgotten"], flips["learned"], n)
-            row["variance_note"] = (f"{flips['forgotten']} right->wrong and {flips['learned']} wrong->right of "
-                                    f"{n} paired documents")
-        else:
-            unit_variance = _pop_variance(d)
-            row["variance_note"] = f"per-document deltas of {n} paired documents"
-        if unit_variance <= 0.0:
-            return _rule_of_three(row, n)
-        row["variance"], row["variance_source"] = unit_variance * factor ** 2, "measured"
-        if clusters:
-            row["design_effect"] = design_effect(d, clusters)
-            row["design_effect_source"] = "measured"
-        return True
+        row.update(measure_documents(a, b, factor, row["scale"], clusters))
+        return row["variance"] is not None
     units = corpus.units_of(base, [pre_s[d].raw for d in common], [post_s[d].raw for d in common]) \
         if not dropped else None
     if units is None or not all(_close(u, v) for u, v in zip((units.pre_value, units.post_value), values,
                                                                strict=True)):
         row["variance_note"] = "the sample logs give no per-unit scores that reproduce results.json"
         return False
-    u = (units.post - units.pre) * factor
-    row["clusters"] = len(u)
+    documents = sum(1 for d in common if pre_s[d].raw is not None)
+    row.update(measure_units(units, factor, documents))
+    return row["variance"] is not None
+
+
+def measure_documents(pre: np.ndarray, post: np.ndarray, factor: float, scale: str,
+                      clusters: Sequence | None = None) -> dict:
+    """What the paired per-document scores ``pre``, ``post`` (the metric's own values; ``factor`` converts to
+    points) say about the variance of their difference: ``n``, ``clusters``, ``flips`` (0/1 metrics), ``variance``
+    (points^2 per document; :func:`paired_variance` of the flips for a 0/1 metric, else the variance of the deltas),
+    ``variance_source`` (``measured``, ``rule of three`` when nothing changed, or None), ``variance_note`` and the
+    ``design_effect`` of ``clusters`` (with its source). ``forgetbench power`` and compare both plan from this.
+
+    >>> row = measure_documents(np.array([1.0] * 18 + [0.0] * 2), np.array([1.0] * 16 + [0.0] * 4), 100, "fraction")
+    >>> row["flips"]["forgotten"], round(row["variance"], 6), row["variance_source"]  # 0.1 - 0.01 = 0.09
+    (2, 900.0, 'measured')
+    >>> measure_documents(np.ones(30), np.ones(30), 100, "fraction")["variance"]  # rule of three: 3/30 x 100^2
+    1000.0
+    """
+    from forgetbench.compare import stats
+
+    pre, post = np.asarray(pre, dtype=float), np.asarray(post, dtype=float)
+    n = len(pre)
+    d = post - pre
+    row: dict = {"n": n, "clusters": len(set(clusters)) if clusters is not None else n, "flips": None,
+                 "variance": None, "variance_source": None, "variance_note": None, "design_effect": 1.0,
+                 "design_effect_source": "no cluster_key" if clusters is None else None}
+    if not n:
+        row["variance_note"] = "no document paired"
+        return row
+    if np.isin(pre, (0.0, 1.0)).all() and np.isin(post, (0.0, 1.0)).all():
+        flips = stats.flip_counts(pre, post)
+        row["flips"] = flips
+        unit_variance = paired_variance(flips["forgotten"], flips["learned"], n)
+        row["variance_note"] = (f"{flips['forgotten']} right->wrong and {flips['learned']} wrong->right of "
+                                f"{n} paired documents")
+    else:
+        unit_variance = _pop_variance(d)
+        row["variance_note"] = f"per-document deltas of {n} paired documents"
+    if unit_variance <= 0.0:
+        _rule_of_three(row, n, scale)
+        return row
+    row["variance"], row["variance_source"] = unit_variance * factor ** 2, "measured"
+    if clusters is not None:
+        row["design_effect"] = design_effect(d, clusters)
+        row["design_effect_source"] = "measured"
+    return row
+
+
+def measure_units(units, factor: float, documents: int | None = None) -> dict:
+    """:func:`measure_documents` for a corpus-level metric from its per-unit scores (:class:`.corpus.Units`):
+    CIDEr's per-image scores (the variance of their deltas), MME's image pairs (stratified by category:
+    ``sum_k Var_k / n_k`` reported as ``variance = n * that`` on the metric's ``documents``, design effect 1)."""
+    u = (np.asarray(units.post, dtype=float) - np.asarray(units.pre, dtype=float)) * factor
+    n = documents if documents else len(u) if units.strata is None else 2 * len(u)
+    row: dict = {"n": n, "clusters": len(u), "flips": None, "variance": None, "variance_source": None}
     if units.strata is None:  # CIDEr: one caption document per image, the metric is the mean over images
         variance, note = _pop_variance(u), f"per-image deltas of {len(u)} images"
     else:  # MME: the sum over categories of per-category means of image pairs; n counts this metric's documents
-        row["n"] = n = sum(1 for d in common if pre_s[d].raw is not None)
         labels = np.asarray(units.strata)
         cats = list(dict.fromkeys(units.strata))
         se2 = sum(_pop_variance(u[labels == c]) / int((labels == c).sum()) for c in cats)
@@ -351,26 +391,26 @@ def _measured(row: dict, pre: dict, task: str, base: str, factor: float, values:
         note = (f"{len(u)} image pairs in {len(cats)} categories, stratified; the pairs' clustering is inside "
                 f"the variance")
     row["variance_note"] = note
+    row["design_effect"] = 1.0
     row["design_effect_source"] = "none (one caption document per image)" if units.strata is None else \
         "inside the variance (image pairs)"
     if variance <= 0.0:
         row["variance_note"] += "; nothing changed: no variance to plan with"
-        return False
+        return row
     row["variance"], row["variance_source"] = variance, "measured"
-    return True
+    return row
 
 
-def _rule_of_three(row: dict, n: int) -> bool:
+def _rule_of_three(row: dict, n: int, scale: str) -> None:
     """No document changed: plan with the 95 % upper bound 3/n of the discordant rate (the rule of three), split
     evenly, for a metric whose documents move by the full range."""
-    if row["scale"] not in ("fraction", "points"):
+    if scale not in ("fraction", "points"):
         row["variance_note"] += "; nothing changed: no variance to plan with"
-        return False
+        return
     row["variance"] = min(1.0, 3.0 / n) * FULL_RANGE ** 2
     row["variance_source"] = "rule of three"
     row["variance_note"] += f"; no change in {n} documents: planned with the upper bound 3/n of the flip rate"
     row["design_effect_source"] = row["design_effect_source"] or "not measurable (no change)"
-    return True
 
 
 def _assumed(row: dict, pre: dict, task: str, base: str, pre_s: dict | None, flip_rate: float,
@@ -608,7 +648,7 @@ def format_report(report: Mapping) -> str:
                              f"budget {s['budget']:g}; about {row['n_needed_budget']} documents would suffice")
         f = block.get("F")
         if f and f.get("underpowered"):
-            per = ", ".join(f"{t} {k}" for t, k in _budget_split(f, block).items())
+            per = ", ".join(f"{t} {k}" for t, k in budget_split(f, block).items())
             notes.append(f"  F: underpowered: detects {f['mde_one_sided']:.2f} points one-sided, over the budget "
                          f"{s['budget']:g}; about {f['n_needed_budget']} documents would suffice ({per})")
         lines += notes
@@ -620,7 +660,8 @@ def format_report(report: Mapping) -> str:
     return "\n".join(lines)
 
 
-def _budget_split(row: Mapping, block: Mapping) -> dict[str, int]:
+def budget_split(row: Mapping, block: Mapping) -> dict[str, int]:
+    """F's ``n_needed_budget`` split over its tasks: every task grows by the same factor."""
     factor = row["n_needed_budget"] / row["n"]
     return {t: math.ceil(factor * block["tasks"][t]["n"] - 1e-9) for t in row["tasks"]}
 
@@ -631,7 +672,7 @@ def _budget_split(row: Mapping, block: Mapping) -> dict[str, int]:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``power`` arguments to ``parser``."""
-    from forgetbench.compare.cli import add_score_options
+    from forgetbench.compare.options import add_score_options
 
     parser.description = parser.description or (
         "Minimum detectable effect and documents needed, per task and for E and F, from the study's own runs.")
@@ -661,7 +702,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def report_of(args: argparse.Namespace) -> dict:
     """Parse the arguments into :func:`power_report`'s."""
-    from forgetbench.compare.cli import posts_of, task_list
+    from forgetbench.compare.options import posts_of, task_list
 
     check_settings(args.delta, args.alpha, args.power, args.budget, args.flip_rate)
     if not args.pre:

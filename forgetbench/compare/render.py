@@ -1,5 +1,7 @@
 """Rendering a compare report (the dict of compare.json): the printed table, compare.md, compare.csv, and every
-output file's bytes, written all-or-nothing. The per-task columns come from :data:`.columns.STATS`."""
+output file's bytes, written all-or-nothing. The per-task columns come from :data:`.columns.STATS`; the
+recommendation and each arm's sentence (:func:`recommendation_lines`, :func:`arm_sentence`) are shared with the HTML
+report (:mod:`.html`)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from forgetbench import outputs
-from forgetbench.compare import columns
+from forgetbench.compare import columns, power
 from forgetbench.compare.columns import interval_text, number_text
 from forgetbench.compare.errors import CompareError
 from forgetbench.compare.plots import ef_plot
@@ -69,17 +71,103 @@ def _task_grid(report: Mapping, relative: bool) -> tuple[list[tuple], int]:
 
 
 def _summary_grid(report: Mapping) -> list[tuple]:
-    """One row per method: parameters, E/F/O with intervals, Pareto membership, per-task deltas."""
+    """One row per method: parameters, E/F/O with intervals, the MDEs of E and F, Pareto membership, per-task
+    deltas."""
     methods = methods_of(report)
     tasks = list(next(iter(methods.values()))["tasks"])
     front = report.get("pareto", list(methods))
-    rows = [("method", "params", "E", "E CI", "F", "F CI", "O", "O CI", "Pareto") + tuple(f"d {t}" for t in tasks)]
+    rows = [("method", "params", "E", "E CI", "E MDE", "F", "F CI", "F MDE", "O", "O CI", "Pareto")
+            + tuple(f"d {t}" for t in tasks)]
     for name, m in methods.items():
         params = m.get("trainable_parameters")
         rows.append((name, "-" if params is None else f"{params:,}",
-                     *(c for k in "EFO" for c in (number_text(m[k]), interval_text(m.get(f"{k}_ci")))),
+                     *(c for k in "EFO" for c in (number_text(m[k]), interval_text(m.get(f"{k}_ci")))
+                       + ((number_text(m.get(f"{k}_mde"), False),) if k != "O" else ())),
                      "*" if name in front else "", *(number_text(m["tasks"][t]["delta"]) for t in tasks)))
     return rows
+
+
+def significant(ci) -> bool | None:
+    """Whether an interval excludes 0 (None without one).
+
+    >>> significant([-3.0, -0.5]), significant([-3.0, 0.5]), significant(None)
+    (True, False, None)
+    """
+    return None if not ci else bool(ci[0] > 0 or ci[1] < 0)
+
+
+def verdict_words(method: Mapping) -> dict:
+    """E and F worded by what the pair can show (:func:`.power.phrase`): "(significant)" when the interval
+    excludes 0, else "(not significant; this study detects MDE or more)" with the two-sided MDE.
+
+    >>> words = verdict_words({"E": 12.0, "E_ci": [8.0, 16.0], "E_mde": 4.0, "F": -1.2, "F_ci": [-3.0, 0.6],
+    ...                        "F_mde": 3.4})
+    >>> words["E"], words["F"]
+    ('gained 12.0 points (significant)', 'forgot 1.2 points (not significant; this study detects 3.4 or more)')
+    """
+    words = {}
+    for key, verbs in (("E", ("lost", "gained")), ("F", ("forgot", "gained"))):
+        sig = significant(method.get(f"{key}_ci"))
+        words[key] = power.phrase(method[key], None if sig else method.get(f"{key}_mde"), sig, verbs)
+    return words
+
+
+def recommendation_lines(report: Mapping) -> list[str]:
+    """The recommendation in plain text: the arm (and the runner-up), why, and the rule.
+
+    >>> recommendation_lines({"recommendation": {"arm": "a", "runner_up": "b", "reason": "a has the highest E.",
+    ...                                          "rule": "the rule"}})
+    ['Recommendation: a (runner-up: b)', '  Why: a has the highest E.', '  Rule: the rule.']
+    """
+    rec = report.get("recommendation")
+    if not rec:
+        return []
+    return [f"Recommendation: {rec['arm']}" + (f" (runner-up: {rec['runner_up']})" if rec.get("runner_up") else ""),
+            f"  Why: {rec['reason']}", f"  Rule: {rec['rule']}."]
+
+
+def arm_sentence(name: str, method: Mapping) -> str:
+    """One arm in plain words, each change worded by what the study can show (compare.json's ``verdict``), and on
+    how many upstream tasks the change is significant.
+
+    >>> print(arm_sentence("lora", {"verdict": {"E": "gained 12.0 points (significant)", "F": "forgot 1.2 points "
+    ...       "(not significant; this study detects 3.4 or more)"}, "F": -1.2, "tasks": {"a": {"role": "upstream",
+    ...       "delta_ci": [-3.0, 0.5]}, "b": {"role": "upstream",
+    ...       "delta_ci": [-6.0, -1.0]}}}))  # doctest: +NORMALIZE_WHITESPACE
+    lora gained 12.0 points (significant) on the target tasks; on general tasks it forgot 1.2 points
+    (not significant; this study detects 3.4 or more), significantly worse on 1 of 2 upstream tasks
+    """
+    words = method.get("verdict") or verdict_words(method)
+    text = f"{name} {words['E']} on the target tasks; on general tasks it {words['F']}"
+    upstream = [r for r in method.get("tasks", {}).values() if r.get("role") == "upstream"]
+    if any(r.get("delta_ci") for r in upstream):
+        if method["F"] < 0:
+            worse = sum(1 for r in upstream if r.get("delta_ci") and r["delta_ci"][1] < 0)
+            text += f", significantly worse on {worse} of {len(upstream)} upstream tasks"
+        else:
+            better = sum(1 for r in upstream if r.get("delta_ci") and r["delta_ci"][0] > 0)
+            text += f", significantly better on {better} of {len(upstream)} upstream tasks"
+    return text
+
+
+def power_notes(report: Mapping) -> list[str]:
+    """One line per arm whose F is underpowered for the budget: what it detects and how many documents would
+    suffice (split over the upstream tasks)."""
+    budget = (report.get("power") or {}).get("budget")
+    many = "methods" in report
+    notes = []
+    for name, m in methods_of(report).items():
+        if m.get("F_underpowered"):
+            per = ", ".join(f"{t} {k}" for t, k in (m.get("F_n_needed_per_task") or {}).items())
+            notes.append(f"{name + ': ' if many else ''}F is underpowered: it detects {m['F_mde_one_sided']:.2f} "
+                         f"points one-sided, over the budget of {budget:g}; about {m['F_n_needed_budget']} documents "
+                         f"would suffice" + (f" ({per})" if per else ""))
+    return notes
+
+
+def _words_lines(report: Mapping) -> list[str]:
+    return ["", *(f"  {arm_sentence(name, m)}" for name, m in methods_of(report).items()),
+            *(f"  {note}" for note in power_notes(report))]
 
 
 def tolerated(report: Mapping) -> list[str]:
@@ -102,17 +190,21 @@ def _tolerated_lines(report: Mapping) -> list[str]:
 def format_table(report: Mapping, relative: bool = False) -> str:
     """Plain-text table: one row per task (per method), then E, F, O (2 decimals) or, for many methods, one
     summary row per method; then every pairing difference ``--allow-mismatch`` tolerated."""
-    lines = outputs.text_grid(*_task_grid(report, relative))
+    top = recommendation_lines(report)
+    lines = ([*top, ""] if top else []) + outputs.text_grid(*_task_grid(report, relative))
     if "methods" in report:
-        return "\n".join(lines + ["", *outputs.text_grid(_summary_grid(report), 1)] + _tolerated_lines(report))
+        return "\n".join(lines + ["", *outputs.text_grid(_summary_grid(report), 1)] + _words_lines(report)
+                         + _tolerated_lines(report))
     conf = report.get("bootstrap", {}).get("confidence", 0.95)
     names = {"E": "E (specialization, mean downstream delta)", "F": "F (forgetting, mean upstream delta)      ",
              "O": "O (overall, E + F)                       "}
     lines.append("")
     for k, text in names.items():
         ci = report.get(f"{k}_ci")
-        lines.append(f"{text} = {report[k]:+.2f}" + (f"   {conf:.0%} CI {interval_text(ci)}" if ci else ""))
-    return "\n".join(lines + _tolerated_lines(report))
+        mde = report.get(f"{k}_mde")
+        lines.append(f"{text} = {report[k]:+.2f}" + (f"   {conf:.0%} CI {interval_text(ci)}" if ci else "")
+                     + (f"   MDE {mde:.2f}" if mde is not None else ""))
+    return "\n".join(lines + _words_lines(report) + _tolerated_lines(report))
 
 
 def csv_records(report: Mapping) -> list[dict]:
@@ -125,19 +217,33 @@ def csv_records(report: Mapping) -> list[dict]:
         for k in "EFO":
             ci = m.get(f"{k}_ci") or [None, None]
             out.append({"method": name, "task": k, "delta": m[k], "ci_low": ci[0], "ci_high": ci[1],
+                        "mde": m.get(f"{k}_mde"), "mde_one_sided": m.get(f"{k}_mde_one_sided"),
+                        "n_needed_budget": m.get(f"{k}_n_needed_budget"), "underpowered": m.get(f"{k}_underpowered"),
                         "trainable_parameters": m.get("trainable_parameters")})
     return out
 
 
 def markdown(report: Mapping, relative: bool = True) -> str:
-    """The Markdown report: a summary row per method, then every task, then the tolerated pairing differences."""
+    """The Markdown report: the recommendation, a summary row per method, each arm in words, then every task, then
+    the tolerated pairing differences."""
     conf = report["bootstrap"]["confidence"]
     found = tolerated(report)
     differences = "".join(["\n## Tolerated pairing differences (--allow-mismatch)\n\n", *(f"- {m}\n" for m in found)])
-    return (f"# forgetbench compare\n\nPoints on 0-100; CI = {conf:.0%} paired bootstrap interval "
+    rec = report.get("recommendation")
+    top = ""
+    if rec:
+        top = (f"## Recommendation: {rec['arm']}\n\n{rec['reason']}\n\n"
+               + (f"Runner-up: {rec['runner_up']}.\n\n" if rec.get("runner_up") else "")
+               + f"Rule: {rec['rule']}.\n\n")
+    power = report.get("power") or {}
+    mde = (f"; MDE = the smallest change this study detects (two-sided, alpha {power['alpha']:.2g}, power "
+           f"{power['power']:g})" if power else "")
+    words = "".join(f"- {arm_sentence(name, m)}\n" for name, m in methods_of(report).items()) \
+        + "".join(f"- {note}\n" for note in power_notes(report))
+    return (f"# forgetbench compare\n\n{top}Points on 0-100; CI = {conf:.0%} paired bootstrap interval "
             f"({report['bootstrap']['resamples']} resamples, seed {report['bootstrap']['seed']}); "
-            f"F < 0 means the model forgot.\n\n" + outputs.markdown_table(_summary_grid(report), 1)
-            + "\n\n" + outputs.markdown_table(*_task_grid(report, relative)) + "\n"
+            f"F < 0 means the model forgot{mde}.\n\n" + outputs.markdown_table(_summary_grid(report), 1)
+            + "\n\n" + words + "\n" + outputs.markdown_table(*_task_grid(report, relative)) + "\n"
             + (differences if found else ""))
 
 

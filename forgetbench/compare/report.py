@@ -1,8 +1,11 @@
 """The comparison itself: one or many post runs against a pre run, as the compare.json report.
 
 Per task: the primary metric in points, the paired bootstrap deviations, right/wrong flips and McNemar's test
-from the sample logs; per method: E, F, O and their intervals, the pairing found and the manifest's parameter
-count; for many methods, the Pareto front. Typed inputs (:class:`CompareOptions`), no argparse here.
+from the sample logs, and what the pair can detect (the MDE of :mod:`.power`, from the same paired scores); per
+method: E, F, O with their intervals and MDEs, their wording ("forgot 1.2 points (not significant; this study
+detects 3.4 or more)"), the pairing found, the manifest's parameter count and the forgetting probe's curve; for many
+methods, the Pareto front; always, the recommended arm (:mod:`.recommend`). Typed inputs (:class:`CompareOptions`),
+no argparse here.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from forgetbench.compare import columns, corpus, pairing, render, runs, scores, stats
+from forgetbench.compare import columns, corpus, pairing, power, recommend, render, runs, scores, stats
 from forgetbench.compare.columns import TaskScore
 from forgetbench.compare.errors import CompareError
+from forgetbench.compare.options import check_roles, check_tasks  # noqa: F401 - also report's API, as before
 
 SCHEMA = "forgetbench.compare/2"
 
@@ -25,7 +29,9 @@ SCHEMA = "forgetbench.compare/2"
 @dataclass(frozen=True)
 class CompareOptions:
     """How to compare: bootstrap resamples (0: no intervals), interval level, seed, whether to tolerate
-    mismatched runs (compare the common samples only), and per-task metric and scale overrides."""
+    mismatched runs (compare the common samples only), per-task metric and scale overrides, and the forgetting
+    ``budget`` in points (an upstream task or F whose one-sided MDE exceeds it is underpowered; the recommendation's
+    rule reads it)."""
 
     resamples: int = 10000
     confidence: float = 0.95
@@ -33,30 +39,15 @@ class CompareOptions:
     allow_mismatch: bool = False
     metrics: Mapping[str, str] = field(default_factory=dict)
     scales: Mapping[str, str] = field(default_factory=dict)
+    budget: float = 2.0
+
+
+POWER = 0.8  # the power at which an MDE is detected; its level alpha is 1 - confidence (the intervals' own)
 
 
 # --------------------------------------------------------------------------
 # Checks of the inputs (the CLI runs them in its own order, before parsing TASK=VALUE options)
 # --------------------------------------------------------------------------
-
-def check_tasks(tasks: Sequence[str], option: str) -> None:
-    """Refuse an empty task list, an empty task name or a task listed twice."""
-    if isinstance(tasks, str):
-        raise TypeError(f"{option}: a sequence of task names, not a string")
-    if not tasks:
-        raise CompareError(f"{option}: no task")
-    if not all(isinstance(t, str) and t for t in tasks):
-        raise CompareError(f"{option}: empty task name in {','.join(map(str, tasks))!r}")
-    dupes = sorted({t for t in tasks if tasks.count(t) > 1})
-    if dupes:
-        raise CompareError(f"{option}: task listed twice: {', '.join(dupes)}")
-
-
-def check_roles(downstream: Sequence[str], upstream: Sequence[str]) -> None:
-    both = [t for t in downstream if t in upstream]
-    if both:
-        raise CompareError(f"task(s) both downstream and upstream: {', '.join(both)}")
-
 
 # Fewer resamples put 2 or 3 of them in each tail of a 95 % interval: its ends would be single draws.
 MIN_RESAMPLES = 100
@@ -73,6 +64,18 @@ def check_bootstrap(resamples: int, confidence: float, seed: int = 0) -> None:
         raise CompareError(f"--seed {seed}: must be a whole number >= 0")
 
 
+def check_budget(budget: float) -> None:
+    """Refuse a budget that is not a positive number of points.
+
+    >>> check_budget(0)
+    Traceback (most recent call last):
+    ...
+    forgetbench.compare.errors.CompareError: --budget must be a positive number of points, got 0
+    """
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
+        raise CompareError(f"--budget must be a positive number of points, got {budget!r}")
+
+
 def check_choice(option: str, task: str, value: str, tasks: Sequence[str]) -> None:
     """One ``--metric`` or ``--metric-scale`` choice: a compared task and, for a scale, a known one."""
     if task not in tasks:
@@ -84,8 +87,9 @@ def check_choice(option: str, task: str, value: str, tasks: Sequence[str]) -> No
             raise CompareError(f"{option}: scale of '{task}' must be {stats.SCALE_HELP}, got {value!r}") from None
 
 
-def check_outputs(inputs: Sequence[str | Path], out: str | Path | None, json_path: str | Path | None) -> None:
-    """Refuse ``--out``/``--json`` equal to or inside an input run (after resolving links): outputs are never
+def check_outputs(inputs: Sequence[str | Path], out: str | Path | None, json_path: str | Path | None,
+                  html_path: str | Path | None = None) -> None:
+    """Refuse ``--out``/``--json``/``--html`` equal to or inside an input run (after resolving links): outputs are never
     written over or into what is being read. A run is the path given and, for a results file, the folder holding
     it (its sample logs lie there); an output folder that merely contains the runs (``OUT`` of a study, with
     ``OUT/eval/pre``) is fine.
@@ -100,7 +104,7 @@ def check_outputs(inputs: Sequence[str | Path], out: str | Path | None, json_pat
     for given in inputs:
         path = Path(given).resolve()
         runs_read |= {path, path.parent} if path.is_file() else {path}
-    for option, target in (("--out", out), ("--json", json_path)):
+    for option, target in (("--out", out), ("--json", json_path), ("--html", html_path)):
         if target is None:
             continue
         resolved = Path(target).resolve()
@@ -183,9 +187,11 @@ class _Pair:
                 out.unit, out.clusters = units.kind, len(units.pre)
                 out.deviations = stats.stratified_deviations(
                     (units.post - units.pre) * factor, units.strata, resamples, np.random.default_rng(seed))
+                out.measure = power.measure_units(units, factor, sum(1 for d in common if pre_s[d].raw is not None))
             return out
         out.values = (vals[0] * factor, vals[1] * factor)
         clusters = [pre_s[d].cluster for d in common] if key else None
+        out.measure = power.measure_documents(vals[0], vals[1], factor, scale, clusters)
         out.unit, out.clusters = ("cluster", len(set(clusters))) if key else ("document", len(common))
         if resamples:
             out.deviations = stats.bootstrap_deviations(
@@ -203,6 +209,45 @@ class _Pair:
 
 
 MANIFEST_KEYS = ("method", "base_model", "trainable_parameters", "seed", "steps")
+PROBE_KEYS = ("every", "limit", "budget", "stopped_at_step", "restored_step", "reason")
+
+
+def power_settings(options: CompareOptions) -> dict:
+    """The settings :func:`.power.plan_block` plans with: alpha = 1 - confidence, :data:`POWER`, the budget (also
+    the ``delta`` of its ``n_needed``)."""
+    alpha = 1.0 - options.confidence
+    return {"delta": float(options.budget), "alpha": alpha, "power": POWER, "budget": float(options.budget),
+            "flip_rate": power.DEFAULT_FLIP_RATE, "z_two_sided": power.z_sum(alpha, POWER, 2),
+            "z_one_sided": power.z_sum(alpha, POWER, 1)}
+
+
+def probe_curve(manifest: Mapping | None) -> dict | None:
+    """The forgetting probe of the checkpoint (forgetbench/train/probe.py): its manifest entry ``probe`` and the
+    ``forgetting_probe.jsonl`` it names beside the manifest, as ``{every, limit, budget, stopped_at_step,
+    restored_step, reason, curve: [{step, E, F, F_ci}]}``; None when the probe did not run. Lines that are not a
+    probe record are skipped (the curve is an illustration, not a statistic compare reports)."""
+    entry = (manifest or {}).get("probe")
+    if not isinstance(entry, dict):
+        return None
+    out = {k: entry.get(k) for k in PROBE_KEYS}
+    out["curve"] = []
+    folder = manifest.get("_folder")
+    log = Path(folder) / str(entry.get("log") or "forgetting_probe.jsonl") if folder else None
+    try:
+        lines = runs.read_regular(log, "probe").splitlines() if log is not None and log.is_file() else []
+    except (OSError, ValueError, CompareError):
+        lines = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            continue
+        value = {k: record.get(k) for k in ("step", "E", "F", "F_ci")}
+        if all(v is None or (isinstance(v, (int, float)) and math.isfinite(v)) for v in (value["E"], value["F"])):
+            out["curve"].append(value)
+    return out
 
 
 def compare_method(pre: dict, pre_label: str, name: str, post_path: str | Path, downstream: list[str],
@@ -229,16 +274,32 @@ def compare_method(pre: dict, pre_label: str, name: str, post_path: str | Path, 
     if not all(math.isfinite(report[k]) for k in "EFO"):  # finite but huge inputs can overflow
         raise CompareError("scores too large: E, F or O is not finite")
     deviations = {t: s.deviations for t, s in scored.items() if s.deviations is not None}
+    # What the pair can detect, per task and for E and F: forgetbench power's planning on the same paired scores
+    roles = {**dict.fromkeys(downstream, "downstream"), **dict.fromkeys(upstream, "upstream")}
+    unmeasured = {"n": None, "clusters": None, "variance": None, "variance_source": None, "design_effect": 1.0}
+    measured = {t: {"scale": s.scale, **(s.measure or unmeasured), "delta": report["tasks"][t]["delta"]}
+                for t, s in scored.items()}
+    planned = power.plan_block(measured, roles, power_settings(options))
     for task, s in scored.items():
         s.confidence = options.confidence
+        s.power = planned["tasks"][task]
         s.unscorable = None if unscorable == [None, None] else {
             side: (counts or {}).get(task, 0) for side, counts in zip(("pre", "post"), unscorable, strict=True)}
         report["tasks"][task] = columns.task_row(s, report["tasks"][task])  # from pre, post, delta, role
     cis = stats.efo_intervals(report, deviations, options.confidence) if options.resamples else dict.fromkeys("EFO")
     report.update({f"{k}_ci": v for k, v in cis.items()})
+    e_plan, f_plan = planned["E"], planned["F"]
+    report.update(E_mde=e_plan["mde"], E_mde_one_sided=e_plan["mde_one_sided"], F_mde=f_plan["mde"],
+                  F_mde_one_sided=f_plan["mde_one_sided"], F_n_needed_budget=f_plan["n_needed_budget"],
+                  F_n_needed_per_task=power.budget_split(f_plan, planned) if f_plan["n_needed_budget"] else None,
+                  F_underpowered=f_plan["underpowered"],
+                  E_significant=render.significant(report["E_ci"]),
+                  F_significant=render.significant(report["F_ci"]))
+    report["verdict"] = render.verdict_words(report)
     report.update(name=name, post=str(post_path),
                   trainable_parameters=manifest.get("trainable_parameters") if manifest else None,
                   manifest={k: manifest.get(k) for k in MANIFEST_KEYS} if manifest else None,
+                  probe=probe_curve(manifest),
                   pairing={"mismatches": [m.message for m in pair.mismatches], "dropped": pair.dropped})
     return report, pair.forgotten, pair.learned
 
@@ -266,13 +327,22 @@ class Comparison:
         """The plain-text table ``forgetbench compare`` prints (``relative``: add post/pre - 1 in %)."""
         return render.format_table(self.report, relative)
 
-    def write(self, out: Path | None = None, json_path: Path | None = None) -> None:
-        """Write ``json_path`` (the report) and, into ``out`` (created if needed), compare.json, compare.md,
-        compare.csv, forgotten.csv, learned.csv, ef.png and ef.svg: all or nothing; an OSError is a
-        CompareError, and so is an output inside an input run (:func:`check_outputs`)."""
-        out, json_path = (Path(p) if p is not None else None for p in (out, json_path))
-        check_outputs(self.inputs, out, json_path)
-        render.write_files(render.render_files(self.report, self.forgotten, out, json_path, self.learned), out)
+    def html(self, **extras) -> str:
+        """The HTML report (:func:`.html.render_html`; ``extras``: a caller's additions, as the study's)."""
+        from forgetbench.compare.html import render_html
+
+        return render_html(self.report, self.forgotten, self.learned, **extras)
+
+    def write(self, out: Path | None = None, json_path: Path | None = None, html_path: Path | None = None) -> None:
+        """Write ``json_path`` (the report), ``html_path`` (:meth:`html`) and, into ``out`` (created if needed),
+        compare.json, compare.md, compare.csv, forgotten.csv, learned.csv, ef.png and ef.svg: all or nothing; an
+        OSError is a CompareError, and so is an output inside an input run (:func:`check_outputs`)."""
+        out, json_path, html_path = (Path(p) if p is not None else None for p in (out, json_path, html_path))
+        check_outputs(self.inputs, out, json_path, html_path)
+        files = render.render_files(self.report, self.forgotten, out, json_path, self.learned)
+        if html_path is not None:
+            files[html_path] = self.html().encode("utf-8")
+        render.write_files(files, out)
 
 
 def compare_runs(pre: str | Path, posts: Sequence[tuple[str, str | Path]], downstream: Sequence[str],
@@ -287,6 +357,7 @@ def compare_runs(pre: str | Path, posts: Sequence[tuple[str, str | Path]], downs
     downstream, upstream = list(downstream), list(upstream)
     check_roles(downstream, upstream)
     check_bootstrap(options.resamples, options.confidence, options.seed)
+    check_budget(options.budget)
     tasks = downstream + upstream
     for option, choices in (("--metric", options.metrics), ("--metric-scale", options.scales)):
         for task, value in choices.items():
@@ -302,7 +373,9 @@ def compare_runs(pre: str | Path, posts: Sequence[tuple[str, str | Path]], downs
         forgotten += lost
         learned += gained
     shared = {"schema": SCHEMA, "pre": str(pre),
-              "bootstrap": {"resamples": options.resamples, "confidence": options.confidence, "seed": options.seed}}
+              "bootstrap": {"resamples": options.resamples, "confidence": options.confidence, "seed": options.seed},
+              "power": {"alpha": 1.0 - options.confidence, "power": POWER, "budget": float(options.budget)},
+              "recommendation": recommend.recommend(methods, options.budget, options.confidence)}
     inputs = (str(pre), *(str(path) for _, path in posts))
     if len(methods) == 1:
         return Comparison({**next(iter(methods.values())), **shared}, forgotten, learned, inputs)

@@ -167,6 +167,13 @@ class Sample:
     raw: object = None  # the logged metric value when it is not a number (a CIDEr or MME dict), else None
 
 
+def sample_log_path(run: dict, task: str) -> Path | None:
+    """Where lmms-eval writes the sample log of ``task``: ``<date>_samples_<task>.jsonl`` beside the results file."""
+    file: Path = run["_file"]
+    prefix = file.name[: -len("results.json")] if file.name.endswith("results.json") else None
+    return file.parent / f"{prefix}samples_{task}.jsonl" if prefix else None
+
+
 def load_samples(run: dict, task: str, metric: str, cluster_key: str | None, label: str) -> dict[int, Sample] | None:
     """``{doc_id: Sample}`` from ``<date>_samples_<task>.jsonl`` beside the results file, or None if absent.
 
@@ -174,9 +181,7 @@ def load_samples(run: dict, task: str, metric: str, cluster_key: str | None, lab
     line must carry that field (the task's ``process_results`` returns it beside the metric), or the metric's
     logged dict must (lmms-eval's convention for dict-valued metrics).
     """
-    file: Path = run["_file"]
-    prefix = file.name[: -len("results.json")] if file.name.endswith("results.json") else None
-    path = file.parent / f"{prefix}samples_{task}.jsonl" if prefix else None
+    path = sample_log_path(run, task)
     if path is None or not path.exists():
         return None
     where = f"{label}: {path.name}"
