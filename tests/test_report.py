@@ -20,7 +20,7 @@ from test_power import POST as POWER_POST
 from test_power import PRE as POWER_PRE
 from test_power import write_run
 
-from forgetbench.compare import CompareOptions, compare_runs, html, main, plots, power, recommend
+from forgetbench.compare import CompareOptions, compare_runs, html, main, plots, power, recommend, render
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 FORMULA = '=HYPERLINK("x")'
@@ -131,6 +131,23 @@ def test_a_significant_change_says_so_without_a_detectable_size(tmp_path, capsys
     assert data["verdict"]["F"] == "forgot 30.0 points (significant)"
     assert "on general tasks it forgot 30.0 points (significant), significantly worse on 2 of 2 upstream tasks" in \
         capsys.readouterr().out
+
+
+def test_an_interval_that_ends_at_zero_up_to_rounding_is_not_significant(tmp_path):
+    """The lab's case: 1 of 24 documents of one of four upstream tasks went right -> wrong. F's interval ends at 0 in
+    exact arithmetic and at -1.1e-15 in floats (estimate + quantile of resample - estimate); that is no evidence of
+    forgetting."""
+    pre = {"d": 0.0, "u1": 1.0, "u2": 23 / 24, "u3": 23 / 24, "u4": 9 / 24}
+    post = {"d": 1 / 24, "u1": 1.0, "u2": 23 / 24, "u3": 23 / 24, "u4": 8 / 24}
+    runs = [write_output(tmp_path / side, lmms_results(scores, n=24))
+            for side, scores in (("pre", pre), ("post", post))]
+    report = compare_runs(runs[0], [("lora", runs[1])], ["d"], ["u1", "u2", "u3", "u4"],
+                          CompareOptions(resamples=2000)).report
+    assert report["F_ci"][1] == pytest.approx(0.0, abs=1e-12)
+    assert report["F_significant"] is False and "(not significant; this study detects" in report["verdict"]["F"]
+    assert render.arm_sentence("lora", report).endswith("significantly worse on 0 of 4 upstream tasks")
+    assert recommend.qualifies({"F": -2.0, "F_ci": [-3.0, -2.0 - 1e-15]}, 2.0)
+    assert recommend.holds({"E": 4.2, "E_ci": [4.2 + 1e-15, 12.5]}, 4.2)
 
 
 # -- --budget: underpowered, and the documents that would suffice -------------------------------------------------

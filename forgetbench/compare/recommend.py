@@ -40,13 +40,21 @@ def qualifies(arm: Mapping, budget: float) -> bool:
     >>> qualifies({"F": -4.5, "F_ci": [-6.0, -1.1]}, 2.0), qualifies({"F": -4.5, "F_ci": [-6.0, -2.5]}, 2.0)
     (True, False)
     """
-    return f_upper(arm) >= -budget
+    return f_upper(arm) >= -budget - _slack(budget, f_upper(arm))
+
+
+def _slack(*values: float) -> float:
+    """Rounding room: interval ends are sums of floats (estimate + quantile of resample - estimate)."""
+    return 1e-9 * max(1.0, *(abs(v) for v in values))
 
 
 def holds(arm: Mapping, value: float) -> bool:
-    """The arm's E interval holds ``value`` (without an interval: E equals it)."""
+    """The arm's E interval holds ``value`` (without an interval: E equals it), up to rounding."""
     ci = arm.get("E_ci")
-    return ci[0] <= value <= ci[1] if ci else arm["E"] == value
+    if not ci:
+        return abs(arm["E"] - value) <= _slack(arm["E"], value)
+    slack = _slack(ci[0], ci[1], value)
+    return ci[0] - slack <= value <= ci[1] + slack
 
 
 def _pick(arms: Mapping[str, Mapping], budget: float) -> tuple[str, str, list[str], list[str]]:

@@ -88,12 +88,19 @@ def _summary_grid(report: Mapping) -> list[tuple]:
 
 
 def significant(ci) -> bool | None:
-    """Whether an interval excludes 0 (None without one).
+    """Whether an interval excludes 0 (None without one). An end within rounding of 0 holds it: an interval is the
+    estimate plus quantiles of (resample - estimate), so an end that is 0 in exact arithmetic may come out -2e-16
+    (the mean of 0/1 deltas minus itself).
 
     >>> significant([-3.0, -0.5]), significant([-3.0, 0.5]), significant(None)
     (True, False, None)
+    >>> significant([-3.125, -1.0416666666666667 + 1.0416666666666665]), significant([-3.0, 0.0])
+    (False, False)
     """
-    return None if not ci else bool(ci[0] > 0 or ci[1] < 0)
+    if not ci:
+        return None
+    tolerance = 1e-9 * max(1.0, abs(ci[0]), abs(ci[1]))
+    return bool(ci[0] > tolerance or ci[1] < -tolerance)
 
 
 def verdict_words(method: Mapping) -> dict:
@@ -142,10 +149,10 @@ def arm_sentence(name: str, method: Mapping) -> str:
     upstream = [r for r in method.get("tasks", {}).values() if r.get("role") == "upstream"]
     if any(r.get("delta_ci") for r in upstream):
         if method["F"] < 0:
-            worse = sum(1 for r in upstream if r.get("delta_ci") and r["delta_ci"][1] < 0)
+            worse = sum(1 for r in upstream if significant(r.get("delta_ci")) and r["delta_ci"][1] < 0)
             text += f", significantly worse on {worse} of {len(upstream)} upstream tasks"
         else:
-            better = sum(1 for r in upstream if r.get("delta_ci") and r["delta_ci"][0] > 0)
+            better = sum(1 for r in upstream if significant(r.get("delta_ci")) and r["delta_ci"][0] > 0)
             text += f", significantly better on {better} of {len(upstream)} upstream tasks"
     return text
 
