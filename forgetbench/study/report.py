@@ -1,15 +1,14 @@
 """``report.html``: one self-contained page (no outside resources) that answers "which way of tuning keeps the model
-itself": a headline per arm, the per-task table, the E-versus-F plot, forgotten and learned samples with their
-images, how the classification answer kinds moved (EMT's hallucination finding), and the provenance.
-
-Rendered with Jinja2 (autoescaped) from ``templates/report.html.j2``; images are inlined as base64 PNG.
+itself". The page is compare's HTML report (:func:`forgetbench.compare.html.render_html`, the one
+``forgetbench compare --html`` writes): the recommendation and its rule first, a headline per arm worded by what the
+study can show, the E-versus-F plot, the probe's F curves, the per-task table, the samples that flipped. The study
+adds what only it knows: thumbnails from forgetbench's own task documents, how the classification answer kinds moved
+(EMT's hallucination finding) and its provenance (``templates/report.html.j2``, rendered here, autoescaped).
 """
 
 from __future__ import annotations
 
-import base64
 import functools
-import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -19,15 +18,11 @@ from forgetbench.checkpoint import library_versions, read_manifest
 from forgetbench.outputs import write_all_atomic
 from forgetbench.suite import scoring
 
-SAMPLES_PER_TASK = 4  # forgotten (and learned) samples shown per arm and task
-
 
 def _png(image, size: int = 64) -> str:
-    image = image.convert("RGB")
-    image.thumbnail((size, size))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    from forgetbench.compare.html import png_data_url
+
+    return png_data_url(image, size)
 
 
 @functools.cache
@@ -91,37 +86,16 @@ def answer_kinds(eval_dir: Path, task: str, labels: tuple[str, ...], downstream_
     return {kind: counts.get(kind, 0) for kind in (*scoring.JUDGEMENTS, DOWNSTREAM_LABEL)}
 
 
-def verdict(method: dict) -> str:
-    """Plain words for one arm: what it gained, what it forgot, and on how many upstream tasks that is significant.
-
-    >>> verdict({"E": 40.0, "F": -12.3, "tasks": {"a": {"role": "upstream", "delta_ci": [-20.0, -5.0]},
-    ...          "b": {"role": "upstream", "delta_ci": [-3.0, 1.0]}, "d": {"role": "downstream"}}})
-    'gained 40.0 points on the target task; forgot 12.3 points of general ability, significant on 1 of 2 upstream tasks'
-    """
-    upstream = [r for r in method["tasks"].values() if r["role"] == "upstream"]
-    worse = sum(1 for r in upstream if r.get("delta_ci") and r["delta_ci"][1] < 0)
-    better = sum(1 for r in upstream if r.get("delta_ci") and r["delta_ci"][0] > 0)
-    gain = f"gained {method['E']:.1f} points on the target task" if method["E"] >= 0 else \
-        f"lost {-method['E']:.1f} points on the target task"
-    if method["F"] < 0:
-        cost = f"forgot {-method['F']:.1f} points of general ability"
-    else:
-        cost = f"gained {method['F']:.1f} points of general ability"
-    return f"{gain}; {cost}, significant on {worse if method['F'] < 0 else better} of {len(upstream)} upstream tasks"
-
-
 def write_report(out: Path, plan, state: dict, comparison, points: list[str]) -> Path:
     """``points``: the compared checkpoints in order (each arm, then its WiSE-FT alphas), named as in compare."""
-    from jinja2 import Environment, PackageLoader, select_autoescape
+    from jinja2 import Environment, PackageLoader
+    from markupsafe import Markup
+
+    from forgetbench.compare.html import render_html
 
     report = comparison.report
-    methods = report["methods"] if "methods" in report else {points[0]: report}
-    samples = []
-    for row in comparison.forgotten + list(getattr(comparison, "learned", []) or []):
-        kind = row.get("kind", "forgotten")
-        shown = sum(1 for s in samples if (s["method"], s["task"], s["kind"]) == (row["method"], row["task"], kind))
-        if shown < SAMPLES_PER_TASK:
-            samples.append({**row, "kind": kind, "image": thumbnail(row["task"], row["doc_id"])})
+    if "methods" not in report:  # one arm: compare's single-method layout, named by its point
+        report = {**report, "name": points[0]}
     kinds = []
     tuned_on = tuple(label for task in plan.downstream for label in (label_set(task) or ()))
     for task in plan.downstream + plan.upstream:
@@ -131,14 +105,16 @@ def write_report(out: Path, plan, state: dict, comparison, points: list[str]) ->
             kinds.append({"task": task, "pre": answer_kinds(out / "eval" / "pre", task, labels, drift),
                           "arms": {name: answer_kinds(out / "eval" / name, task, labels, drift) for name in points}})
     manifests = {arm.name: read_manifest(out / "arms" / arm.name) or {} for arm in plan.arms}
-    plot = out / "ef.png"
-    env = Environment(loader=PackageLoader("forgetbench.study", "templates"), autoescape=select_autoescape())
-    html = env.get_template("report.html.j2").render(
-        plan=plan, methods=methods, verdicts={name: verdict(m) for name, m in methods.items()},
-        pareto=report.get("pareto", list(methods)), samples=samples, kinds=kinds,
-        judgements=(*scoring.JUDGEMENTS, DOWNSTREAM_LABEL),
-        plot="data:image/png;base64," + base64.b64encode(plot.read_bytes()).decode() if plot.is_file() else None,
-        manifests=manifests, steps=state["steps"], versions=library_versions(), bootstrap=report.get("bootstrap"))
+    # Every value is escaped: answers, questions and names come from models, data and users. (select_autoescape()
+    # escapes by file extension, and "report.html.j2" ends in .j2: it escaped nothing.)
+    env = Environment(loader=PackageLoader("forgetbench.study", "templates"), autoescape=True)
+    provenance = Markup(env.get_template("report.html.j2").render(  # autoescaped above: safe to place as markup
+        plan=plan, manifests=manifests, steps=state["steps"], versions=library_versions()))
+    html = render_html(report, comparison.forgotten, list(getattr(comparison, "learned", []) or []),
+                       title=f"forgetbench study: {plan.model}",
+                       scope=f"Downstream (E): {', '.join(plan.downstream)}. Upstream (F): {', '.join(plan.upstream)}.",
+                       thumbnail=thumbnail, kinds=kinds, judgements=(*scoring.JUDGEMENTS, DOWNSTREAM_LABEL),
+                       provenance=provenance)
     path = out / "report.html"
     write_all_atomic({path: html.encode()})
     return path
