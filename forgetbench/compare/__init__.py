@@ -17,10 +17,11 @@ The Python API (what ``forgetbench study`` calls)::
 
 Modules: :mod:`.scores` (which metric, which scale), :mod:`.runs` (reading runs), :mod:`.pairing` (pairing checks),
 :mod:`.stats` (pure statistics), :mod:`.corpus` (per-image CIDEr and MME scores, for their intervals),
-:mod:`.report` (the comparison), :mod:`.columns` (each task statistic declared once: field, cells),
-:mod:`.render` and :mod:`.plots` (outputs),
-:mod:`.cli` (``forgetbench compare``), :mod:`.stages` (``forgetbench stages``). See docs/metrics.md and
-docs/compare-schema.md.
+:mod:`.power` (what a pair can detect: MDEs, ``forgetbench power``), :mod:`.recommend` (the arm to pick, by a stated
+rule), :mod:`.report` (the comparison), :mod:`.columns` (each task statistic declared once: field, cells),
+:mod:`.render`, :mod:`.plots` and :mod:`.html` (outputs; ``--html`` and the study's report.html),
+:mod:`.options` (inputs shared by the commands), :mod:`.cli` (``forgetbench compare``), :mod:`.stages`
+(``forgetbench stages``). See docs/metrics.md and docs/compare-schema.md.
 """
 
 from __future__ import annotations
