@@ -33,16 +33,18 @@ def test_shipped_configs_are_the_generators_output():
 
 
 def test_check_names_a_stale_missing_or_unsourced_config(tmp_path, capsys):
-    root = tmp_path / "configs"
-    shutil.copytree(ROOT, root)
+    shutil.copytree(ROOT.parent, tmp_path / "recipes", ignore=shutil.ignore_patterns("__pycache__"))
+    root = tmp_path / "recipes" / "configs"
     edited = root / "qwen2-vl-2b" / "lora.yaml"
     edited.write_text(edited.read_text().replace("lora_r: 16", "lora_r: 8"))
     (root / "lab" / "full.yaml").unlink()
     (root / "lab" / "mine.yaml").write_text("model_name_or_path: x\n")
+    (root.parent / "ia3.py").unlink()  # recipe scripts are generated from the methods table too
     assert configs.main(["--check", "--root", str(root)]) == 1
     err = capsys.readouterr().err
     assert {line for line in err.splitlines() if line.startswith("stale: ")} == {
-        "stale: qwen2-vl-2b/lora.yaml", "stale: lab/full.yaml", "stale: lab/mine.yaml"}
+        "stale: configs/qwen2-vl-2b/lora.yaml", "stale: configs/lab/full.yaml", "stale: configs/lab/mine.yaml",
+        "stale: ia3.py"}
     assert configs.REGENERATE in err
 
     assert configs.main(["--root", str(root)]) == 1  # rewrites the two, and names the file it has no source for

@@ -1,4 +1,5 @@
-"""Writes the recipe configs, ``recipes/configs/<model>/<method>.yaml``, from their sources.
+"""Writes the recipe configs, ``recipes/configs/<model>/<method>.yaml``, and the recipe scripts,
+``recipes/<method>.py``, from their sources.
 
 Each fact lives once: ``recipes/configs/_sources/defaults.yml`` (what every config shares, and the cpu and gpu
 profiles), ``models.yml`` (one entry per config folder) and ``methods.yml`` (each method's own keys and learning
@@ -208,22 +209,38 @@ def check_sources(sources: dict) -> None:
         raise ValueError("unknown or clashing names in recipes/configs/_sources: " + "; ".join(unknown))
 
 
+def recipe_script(method: str) -> str:
+    """The text of ``recipes/<method>.py``: a thin TRL-style script whose docstring is the method's row of the table
+    (a new method needs no script written by hand)."""
+    from forgetbench.train.methods import METHODS
+
+    spec = METHODS[method]
+    return (f'"""{method} ({spec.family}): {spec.description}.\n\n'
+            f"    accelerate launch recipes/{method}.py --config recipes/configs/lab/{method}.yaml\n\n"
+            "What a method trains is in forgetbench/train/methods.py; options, outputs and configs: docs/recipes.md.\n"
+            '"""\n\nfrom forgetbench.train import recipe_main\n\n'
+            f'if __name__ == "__main__":\n    recipe_main("{method}")\n')
+
+
 def expected(root: Path | None = None) -> dict[Path, str]:
-    """Every config the sources describe (all models x every method of the table), path -> text."""
+    """Every file the sources describe, path -> text: the configs (all models x every method of the table) and one
+    recipe script per method (``root``'s parent is the recipes folder)."""
     root = root or configs_root()
     sources = load_sources(root)
     check_sources(sources)
-    return {root / model / f"{method}.yaml": render(model, method, sources)
-            for model in sources["models"] for method in _methods()}
+    configs = {root / model / f"{method}.yaml": render(model, method, sources)
+               for model in sources["models"] for method in _methods()}
+    return configs | {root.parent / f"{method}.py": recipe_script(method) for method in _methods()}
 
 
 def stale(root: Path | None = None) -> list[str]:
-    """Configs that differ from their sources, are missing, or exist without a source (``model/method.yaml``)."""
+    """Configs and recipe scripts that differ from their sources, are missing, or exist without a source
+    (``model/method.yaml``, ``../method.py``), relative to the recipes folder."""
     root = root or configs_root()
     want = expected(root)
-    have = set(root.glob("*/*.yaml"))
+    have = set(root.glob("*/*.yaml")) | (set(root.parent.glob("*.py")) - {root.parent / "__init__.py"})
     names = sorted(set(want) | have)
-    return [str(path.relative_to(root)) for path in names
+    return [str(path.relative_to(root.parent)) for path in names
             if path not in want or not path.is_file() or path.read_bytes() != want[path].encode()]
 
 
@@ -254,10 +271,12 @@ def run(args: argparse.Namespace) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(text.encode())
             written += 1
-    orphans = sorted(str(p.relative_to(root)) for p in set(root.glob("*/*.yaml")) - set(want))
+    have = set(root.glob("*/*.yaml")) | (set(root.parent.glob("*.py")) - {root.parent / "__init__.py"})
+    orphans = sorted(str(p.relative_to(root.parent)) for p in have - set(want))
     for name in orphans:
-        print(f"not from the sources (remove it or add its model to models.yml): {name}", file=sys.stderr)
-    print(f"{written} of {len(want)} configs rewritten under {root}")
+        print(f"not from the sources (remove it, or add its model to models.yml or its method to METHODS): {name}",
+              file=sys.stderr)
+    print(f"{written} of {len(want)} configs and recipe scripts rewritten under {root.parent}")
     return 1 if orphans else 0
 
 
