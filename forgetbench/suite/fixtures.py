@@ -173,6 +173,18 @@ def write_all(root: Path) -> dict[str, dict[str, Path]]:
     for key in emt.DATASETS:
         files = {split: emt_set(key, data / f"emt_{key}", split) for split in ("train", "test")}
         written[f"forgetbench_emt_{key}"] = written[f"forgetbench_emt_{key}_closed"] = files
+    # A task added since (docs/contributing.md) brings its own stand-in: ``fixture(folder, split) -> parquet`` in
+    # its hook module, next to its prompt and scorer.
+    import importlib
+
+    from forgetbench.suite import TASKS
+
+    for task in TASKS.values():
+        module = importlib.import_module(f"forgetbench.suite.{task.module}")
+        if task.name not in written and hasattr(module, "fixture"):
+            source = TASKS[task.variant_of].name if task.variant_of else task.name
+            written[task.name] = written.get(source) or {
+                split: module.fixture(data / source, split) for split in ("train", "test")}
     for task, files in written.items():
         local_yaml(root, task, files)
     return written
