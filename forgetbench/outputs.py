@@ -1,4 +1,5 @@
-"""Writing report files all-or-nothing, and the small renderers (aligned text, Markdown, CSV) they share."""
+"""Writing report files all-or-nothing, removing only what a command wrote (:func:`remove_owned`), and the small
+renderers (aligned text, Markdown, CSV) they share."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,6 +45,73 @@ def write_all_atomic(files: Mapping[Path, bytes]) -> None:
         if isinstance(exc, OSError):  # name the file the user asked for, not the temp file
             raise OSError(exc.errno, exc.strerror, str(current)) from exc
         raise
+
+
+def protected_folder(folder: Path) -> str | None:
+    """Why ``folder`` is never emptied by a command, whatever it holds: the root, the home folder, the current
+    directory or a git work tree's root; else None.
+
+    >>> protected_folder(Path("/")), protected_folder(Path.home())
+    ('the root folder', 'the home folder')
+    """
+    real = Path(os.path.realpath(folder))
+    for reason, place in (("the root folder", real.anchor), ("the home folder", Path.home()),
+                          ("the current directory", Path.cwd())):
+        if real == Path(os.path.realpath(place)):
+            return reason
+    return "a git work tree's root" if (real / ".git").exists() else None
+
+
+class NotOwned(Exception):
+    """A folder a command was about to empty that it cannot tell it wrote: nothing was removed."""
+
+
+def remove_owned(folder: Path, owned: Sequence[str], marker: str | None = None,
+                 keep: Sequence[str] = ()) -> list[Path]:
+    """Remove what a command wrote in ``folder`` and nothing else, the one rule every deletion of forgetbench's
+    outputs, caches and scratch folders follows: the entries matching ``owned`` (glob patterns relative to
+    ``folder``, such as ``"eval"``, ``"compare.*"``, ``"eval/.lora.partial"``), then ``folder`` itself if that left
+    it empty. ``keep``: top-level names to leave in place (a lock file another process may be holding).
+
+    Raises :class:`NotOwned` and removes nothing for a protected folder (:func:`protected_folder`) and, with
+    ``marker`` (the file a command writes first to claim a folder, such as ``study.json``), for a folder without
+    it; the marker itself goes last. A link is removed as a link, never followed. Returns what is left in
+    ``folder`` (other than ``keep``), for the caller to name; nothing when ``folder`` does not exist.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ("mine.json", "notes.txt", "logs/a.log"):
+    ...     (root / name).parent.mkdir(exist_ok=True); _ = (root / name).write_text("x")
+    >>> [p.name for p in remove_owned(root, ["mine.json", "logs"], marker="mine.json")]
+    ['notes.txt']
+    >>> try:
+    ...     remove_owned(root, ["notes.txt"], marker="mine.json")
+    ... except NotOwned as exc:
+    ...     print(str(exc).removeprefix(f"{root}: "), [p.name for p in root.iterdir()])
+    holds no mine.json, so nothing in it was written by this command ['notes.txt']
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        return []
+    if not folder.is_dir():
+        raise NotOwned(f"{folder}: not a folder")
+    reason = protected_folder(folder)
+    if reason is not None:
+        raise NotOwned(f"{folder}: {reason}; remove what should go yourself")
+    if marker is not None and not (folder / marker).is_file():
+        raise NotOwned(f"{folder}: holds no {marker}, so nothing in it was written by this command")
+    found = {path for pattern in owned for path in folder.glob(pattern)}
+    found = {path for path in found if not (path.parent == folder and path.name in keep)}
+    # Inner paths before what holds them; the marker, the folder's claim, last: an interrupted removal is redone.
+    for path in sorted(found, key=lambda p: (marker is not None and p == folder / marker, -len(p.parts))):
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+        elif path.exists():
+            shutil.rmtree(path)
+    left = sorted(path for path in folder.iterdir() if path.name not in keep)
+    if not left and not any(folder.iterdir()):
+        folder.rmdir()
+    return left
 
 
 def json_bytes(data: Mapping) -> bytes:

@@ -337,16 +337,15 @@ def test_a_hub_model_whose_config_cannot_be_read_is_refused_in_one_line_unless_t
 
 
 def test_an_evaluation_without_results_names_its_real_log(monkeypatch, tmp_path):
-    from forgetbench.study import StudyError, steps
+    from forgetbench.study import State, StudyError, steps
 
     plan = _plan("--limit", "2")
-    logs = tmp_path / "logs"
-    logs.mkdir()
+    state = State.open(tmp_path / "out", plan, overwrite=False)
     # lmms-eval exits 0 when evaluation fails: a command that succeeds and writes nothing stands in for it
     monkeypatch.setattr(steps, "eval_command", lambda *a: [sys.executable, "-c", "print('no results')"])
     with pytest.raises(StudyError) as info:
-        steps.evaluate_into("eval/full_st@wise-0.5", "/ckpt", tmp_path / "eval" / "x", plan, logs, dict(os.environ))
-    log = logs / "eval_full_st@wise-0.5.log"
+        steps.evaluate_into("eval/full_st@wise-0.5", "/ckpt", "full_st@wise-0.5", plan, state, dict(os.environ))
+    log = state.out / "logs" / "eval_full_st@wise-0.5.log"
     assert str(info.value).endswith(f"; see {log}") and log.read_text() == "no results\n"
 
 

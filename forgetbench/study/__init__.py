@@ -28,29 +28,39 @@ from forgetbench import compare
 from forgetbench.checkpoint import LAB_MODEL_ALIAS
 from forgetbench.errors import guarded
 from forgetbench.outputs import write_all_atomic
+from forgetbench.study.cache import baseline_key, cache_root
 from forgetbench.study.errors import StudyError
-from forgetbench.study.plan import DEFAULT_ARMS, Arm, Plan, config_family, configure_parser, model_type, plan_from_args
-from forgetbench.study.state import STATE_NAME, State
-from forgetbench.study.steps import (
-    baseline,
-    baseline_key,
-    cache_root,
-    eval_command,
-    evaluate_point,
-    log_path,
-    points_of,
-    train_arm,
+from forgetbench.study.plan import (
+    DEFAULT_ARMS,
+    Arm,
+    Plan,
+    check_name,
+    config_family,
+    configure_parser,
+    model_location,
+    model_type,
+    plan_from_args,
 )
+from forgetbench.study.state import LOCK_NAME, OWNED, STATE_NAME, State, check_out, study_lock
+from forgetbench.study.steps import baseline, eval_command, evaluate_point, log_path, points_of, train_arm
 
-__all__ = ["DEFAULT_ARMS", "STATE_NAME", "Arm", "Plan", "State", "StudyError", "baseline_key", "cache_root",
-           "config_family", "configure_parser", "eval_command", "log_path", "model_type", "plan_from_args",
-           "points_of", "run", "study"]
+__all__ = ["DEFAULT_ARMS", "LOCK_NAME", "OWNED", "STATE_NAME", "Arm", "Plan", "State", "StudyError", "baseline_key",
+           "cache_root", "check_name", "config_family", "configure_parser", "eval_command", "log_path",
+           "model_location", "model_type", "plan_from_args", "points_of", "run", "study"]
 
 
 def study(args) -> dict:
     plan = plan_from_args(args)
+    location = model_location(plan.model, plan.revision)
     out = args.out.resolve()
-    state = State.open(out, plan, args.overwrite)
+    check_out(out, args.overwrite)  # before the lock: nothing is written into a folder that is not the study's
+    out.mkdir(parents=True, exist_ok=True)
+    with study_lock(out):
+        return _run_study(args, plan, location, State.open(out, plan, args.overwrite))
+
+
+def _run_study(args, plan: Plan, location: str, state: State) -> dict:
+    out = state.out
     env = dict(os.environ)
     if plan.model == LAB_MODEL_ALIAS:  # the lab needs nothing from the hub: never wait on it
         env.setdefault("HF_HUB_OFFLINE", "1")
@@ -62,11 +72,11 @@ def study(args) -> dict:
             print(f"[{step}] already done (resumed from {state.file})", flush=True)
 
     announce("baseline")
-    baseline(plan, state, cache_root(args.cache_dir), env)
+    baseline(plan, state, cache_root(args.cache_dir), env, location)
     points = []
     for arm in tqdm(plan.arms, desc="forgetbench study", unit="arm", file=sys.stdout):
         announce(f"train/{arm.name}")
-        train_arm(arm, plan, state, env)
+        train_arm(arm, plan, state, env, location)
         for name, folder in points_of(arm, out):
             announce(f"eval/{name}")
             evaluate_point(name, folder, plan, state, env)

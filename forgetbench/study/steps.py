@@ -3,8 +3,6 @@ one arm's training, one point's evaluation. Every step records itself in the stu
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shlex
 import shutil
@@ -12,10 +10,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from forgetbench import __version__, evaluate, tasks_path, train
-from forgetbench.checkpoint import read_manifest, resolve_model
+from forgetbench import evaluate, train
+from forgetbench.checkpoint import read_manifest
+from forgetbench.study.cache import Entry, baseline_key
 from forgetbench.study.errors import StudyError
-from forgetbench.study.plan import Arm, Plan
+from forgetbench.study.plan import Arm, Plan, check_name
 from forgetbench.study.state import State
 
 
@@ -50,105 +49,71 @@ def eval_command(plan: Plan, model: str, output_path: Path) -> list[str]:
                                       backend_args=dict(plan.backend_args))
 
 
-def evaluate_into(name: str, model: str, target: Path, plan: Plan, logs: Path, env: dict) -> tuple[float, list, dict]:
-    """Evaluate into a scratch folder, then move it into place: a half-written evaluation never looks finished.
-    Returns the wall seconds of the lmms-eval process, its command and :func:`forgetbench.evaluate.throughput`."""
-    scratch = target.parent / f".{target.name}.partial"
-    shutil.rmtree(scratch, ignore_errors=True)
-    command = eval_command(plan, model, scratch)
+def evaluate_into(name: str, model: str, point: str, plan: Plan, state: State, env: dict) -> tuple[float, list, dict]:
+    """Evaluate ``model`` into ``OUT/eval/<point>`` through a scratch folder moved into place when lmms-eval has
+    written its results: a half-written evaluation never looks finished. Returns the wall seconds of the lmms-eval
+    process, its command and :func:`forgetbench.evaluate.throughput`."""
+    logs, scratch, target = state.out / "logs", f"eval/.{point}.partial", f"eval/{point}"
+    state.remove(scratch)
+    (state.out / "eval").mkdir(exist_ok=True)
+    command = eval_command(plan, model, state.out / scratch)
     seconds = run_logged(name, command, logs, env)
     try:
-        speed = evaluate.throughput(scratch, seconds)
+        speed = evaluate.throughput(state.out / scratch, seconds)
     except evaluate.EvaluationError as exc:
         raise StudyError(f"step {name} wrote no results ({exc}); see {log_path(logs, name)}") from None
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(scratch, target)
+    state.remove(target)
+    os.replace(state.out / scratch, state.out / target)
     return seconds, command, speed
 
 
 # -- the base model, evaluated once and cached -------------------------------------------------------------------
 
 
-def _fingerprint(path: str) -> object:
-    """A model's identity for the cache: a hub id as is; a folder by its files' names, sizes and times."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return path
-    return sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
-                  for f in folder.rglob("*") if f.is_file())
-
-
-def baseline_key(plan: Plan) -> str:
-    """Everything pairing checks, hashed: the model, the tasks and their definitions, the limit, the wrapper and
-    its settings, and the versions of the stack."""
-    from forgetbench.checkpoint import library_versions
-
-    task_files = sorted((str(p.relative_to(tasks_path())), hashlib.sha256(p.read_bytes()).hexdigest())
-                        for p in tasks_path().rglob("*") if p.is_file() and p.suffix != ".pyc")
-    versions = library_versions()
-    # What lmms-eval itself records as its version (and compare pairs on): "branch@commit" of the git checkout
-    # that holds the installed package, so a venv inside a repository changes it at every commit.
-    from lmms_eval.utils import get_lmms_eval_version_string
-
-    versions["lmms_eval_recorded"] = get_lmms_eval_version_string()
-    key = {"model": _fingerprint(resolve_model(plan.model)), "tasks": plan.tasks, "limit": plan.limit,
-           "wrapper": plan.eval_backend, "device": plan.device, "batch_size": plan.batch_size,
-           "num_processes": plan.num_processes, "task_files": task_files, "forgetbench": __version__,
-           "versions": versions}
-    if plan.backend_args:  # absent for the default backend: the keys of existing caches stay what they were
-        key["backend_args"] = list(plan.backend_args)
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def cache_root(cache_dir: Path | None) -> Path:
-    if cache_dir is not None:
-        return cache_dir
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "forgetbench" / "baselines"
-
-
-def baseline(plan: Plan, state: State, cache: Path, env: dict) -> None:
-    out, target = state.out, state.out / "eval" / "pre"
+def baseline(plan: Plan, state: State, cache: Path, env: dict, location: str) -> None:
+    """The base model's evaluation in ``OUT/eval/pre``: a copy of the cache's entry, or evaluated and stored there.
+    ``location``: what the steps load (:func:`~forgetbench.study.plan.model_location`)."""
     if state.done("baseline"):
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    entry = cache / baseline_key(plan)
-    if (entry / "DONE").is_file():
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(entry / "eval", target)
-        print(f"[baseline] reusing the cached evaluation of the base model: {entry}", flush=True)
-        # Nothing was evaluated now: the figures are those of the run that filled the cache, marked as such (an
-        # entry written before they were recorded has the counts but no time).
-        done = json.loads((entry / "DONE").read_text())
-        speed = done.get("throughput") or evaluate.throughput(target, None)
-        state.finish("baseline", seconds=0.0, cached=str(entry), command=None,
-                     throughput={**speed, "from_cache": True})
-        return
-    seconds, command, speed = evaluate_into("eval_pre", resolve_model(plan.model), target, plan, out / "logs", env)
-    scratch = cache / f".{entry.name}.partial"
-    shutil.rmtree(scratch, ignore_errors=True)
-    shutil.copytree(target, scratch / "eval")
-    (scratch / "DONE").write_text(json.dumps({"model": plan.model, "tasks": plan.tasks, "limit": plan.limit,
-                                              "throughput": speed}) + "\n")
-    shutil.rmtree(entry, ignore_errors=True)
-    os.replace(scratch, entry)
-    state.finish("baseline", seconds=seconds, cached=None, stored=str(entry), command=command, throughput=speed)
+    target = state.out / "eval" / "pre"
+    with Entry(cache, baseline_key(plan, location)).writing() as entry:
+        done = entry.reusable()
+        if done is not None:
+            state.remove("eval/pre")
+            target.parent.mkdir(exist_ok=True)
+            shutil.copytree(entry.path / "eval", target)
+            print(f"[baseline] reusing the cached evaluation of the base model: {entry.path}", flush=True)
+            # Nothing was evaluated now: the figures are those of the run that filled the cache, marked as such.
+            speed = done.get("throughput") or evaluate.throughput(target, None)
+            state.finish("baseline", seconds=0.0, cached=str(entry.path), command=None,
+                         throughput={**speed, "from_cache": True})
+            return
+        seconds, command, speed = evaluate_into("eval_pre", location, "pre", plan, state, env)
+        record = {"model": plan.model, "tasks": plan.tasks, "limit": plan.limit, "throughput": speed}
+        if plan.revision is not None:
+            record["revision"] = plan.revision
+        stored = entry.store(target, record)
+        state.finish("baseline", seconds=seconds, cached=None, stored=str(entry.path) if stored else None,
+                     command=command, throughput=speed)
 
 
 # -- the arms ----------------------------------------------------------------------------------------------------
 
 
-def train_arm(arm: Arm, plan: Plan, state: State, env: dict) -> None:
+def train_arm(arm: Arm, plan: Plan, state: State, env: dict, location: str | None = None) -> None:
+    """Train one arm into ``OUT/arms/<arm>``; an unfinished run starts over. ``location``: with ``--revision``, the
+    pinned snapshot the arm loads instead of the model's name."""
     step = f"train/{arm.name}"
     if state.done(step):
         return
     model_dir = state.out / "arms" / arm.name
-    overrides = ["--model_name_or_path", plan.model, "--output_dir", str(model_dir), *arm.args]
+    model = location if plan.revision is not None and location else plan.model
+    overrides = ["--model_name_or_path", model, "--output_dir", str(model_dir), *arm.args]
     try:
         command = train.launch_command(arm.recipe, arm.config, overrides, accelerate_config=plan.accelerate_config)
     except train.RecipeError as exc:
         raise StudyError(str(exc)) from None
-    shutil.rmtree(model_dir, ignore_errors=True)  # an unfinished run starts over: the recipe's save is atomic
+    state.remove(f"arms/{arm.name}")  # an unfinished run starts over: the recipe's save is atomic
     seconds = run_logged(step, command, state.out / "logs", env)
     if read_manifest(model_dir) is None:
         raise StudyError(f"step {step} wrote no checkpoint manifest in {model_dir}; see "
@@ -159,15 +124,16 @@ def train_arm(arm: Arm, plan: Plan, state: State, env: dict) -> None:
 def points_of(arm: Arm, out: Path) -> list[tuple[str, Path]]:
     """The checkpoints an arm's training wrote, as (point name, folder): the arm's own, then one per extra point its
     mitigations wrote beside it (:func:`forgetbench.train.extra_points`: WiSE-FT's alphas become
-    ``<arm>@wise-<alpha>``), each a point of the E-versus-F frontier without retraining."""
+    ``<arm>@wise-<alpha>``), each a point of the E-versus-F frontier without retraining. A point's name becomes a
+    folder and part of lmms-eval's model_args: it is checked before it is evaluated."""
     folder = out / "arms" / arm.name
-    return [(arm.name, folder)] + [(f"{arm.name}@{suffix}", path) for suffix, path in train.extra_points(folder)]
+    return [(arm.name, folder)] + [(check_name("point", f"{arm.name}@{suffix}"), path)
+                                   for suffix, path in train.extra_points(folder)]
 
 
 def evaluate_point(name: str, model_dir: Path, plan: Plan, state: State, env: dict) -> None:
     step = f"eval/{name}"
     if state.done(step):
         return
-    seconds, command, speed = evaluate_into(step, str(model_dir), state.out / "eval" / name, plan,
-                                            state.out / "logs", env)
+    seconds, command, speed = evaluate_into(step, str(model_dir), name, plan, state, env)
     state.finish(step, seconds=seconds, command=command, throughput=speed)
