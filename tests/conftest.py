@@ -8,12 +8,18 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist each worker already keeps one core busy: one thread per process (the worker and every command it
+# starts) instead of two workers each spreading two threads over the same two cores. Tiny models lose nothing.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_variable, "1")
 # The study caches baselines under the user's cache folder: the tests get one of their own, shared by every xdist
 # worker of one run (a cache entry has one writer at a time; the others wait and reuse it).
 _RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
@@ -24,6 +30,10 @@ else:
     os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="forgetbench-test-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
+# lmms-eval records `git describe` of whatever repository holds its site-packages as its version: with .venv inside
+# this checkout, a commit made while the suite runs would make a pre and a post run look like two lmms-eval versions.
+# Git does not take the checkout itself for the venv's repository (tests of that trap set GIT_DIR themselves).
+os.environ["GIT_CEILING_DIRECTORIES"] = str(REPO)
 BIN = Path(sys.executable).parent
 
 
@@ -65,17 +75,34 @@ def lab_model() -> Path:
     return path
 
 
+class LabStudy(NamedTuple):
+    out: Path  # the study's --out
+    cache: Path  # its baseline cache (--cache-dir), for studies that reuse the baseline
+    stdout: str
+
+
+# The one real study most tests read (the study, end-to-end and lmms-model tests): two arms, the second with a WiSE-FT
+# point, cut to a few documents and steps. Other studies reuse its settings (and so its cached baseline).
+LAB_STUDY_YAML = "limit: 24\narms:\n  lora: {recipe: lora}\n  full_st: {recipe: full_st, args: --wise_alphas 0.5}\n"
+LAB_STUDY_RECIPE_ARGS = "--max_steps 6 --logging_steps 2"
+
+
+def lab_study_command(out: Path, cache: Path, *extra: str) -> list[str]:
+    """A lab study with the shared one's documents and steps (so its baseline comes from the shared cache)."""
+    return [str(BIN / "forgetbench"), "study", "--out", str(out), "--cache-dir", str(cache), "--limit", "24",
+            "--recipe-args", LAB_STUDY_RECIPE_ARGS, *extra]
+
+
 @pytest.fixture(scope="session")
-def small_study(tmp_path_factory) -> Path:
-    """The real ``forgetbench study`` (real lmms-eval CLI, real accelerate + TRL recipe), one arm (lora), cut to a
-    few docs/steps."""
-    out = tmp_path_factory.mktemp("study") / "lab"
-    run_command(
-        [str(BIN / "forgetbench"), "study", "--out", str(out), "--limit", "24", "--methods", "lora",
-         "--recipe-args", "--max_steps 40 --logging_steps 10"],
-        cwd=tmp_path_factory.getbasetemp(),
-    )
-    return out
+def lab_study(tmp_path_factory) -> LabStudy:
+    """The real ``forgetbench study`` (real lmms-eval CLI, real accelerate + TRL recipes) on the lab: arms lora and
+    full_st (with the point full_st@wise-0.5), 24 documents per task, 6 steps."""
+    root = tmp_path_factory.mktemp("lab-study")
+    config = root / "study.yaml"
+    config.write_text(LAB_STUDY_YAML)
+    out, cache = root / "study", root / "baselines"
+    completed = run_command(lab_study_command(out, cache, "--config", str(config)), cwd=root)
+    return LabStudy(out, cache, completed.stdout)
 
 
 def lmms_eval_bin() -> str:

@@ -35,13 +35,14 @@ def test_stock_lmms_eval_cli_finds_and_runs_a_forgetbench_task(lab_model, tmp_pa
     assert accuracy >= 0.75  # the base model was pre-trained on colours
 
 
-def test_study_compare_matches_hand_computed_e_f_o(small_study):
+def test_study_compare_matches_hand_computed_e_f_o(lab_study):
     """E, F, O recomputed here from lmms-eval's per-sample logs, independently of forgetbench.compare."""
-    report = json.loads((small_study / "compare.json").read_text())
+    study = lab_study.out
+    report = json.loads((study / "compare.json").read_text())["methods"]["lora"]
     points = {}
     for stage in ("pre", "lora"):
         for task in report["tasks"]:
-            samples = read_samples(small_study / "eval" / stage, task)
+            samples = read_samples(study / "eval" / stage, task)
             assert len(samples) == 24
             points[stage, task] = 100 * sum(s["exact_match"] for s in samples) / len(samples)
     down = [t for t, row in report["tasks"].items() if row["role"] == "downstream"]
@@ -58,29 +59,31 @@ def test_study_compare_matches_hand_computed_e_f_o(small_study):
         assert row["post"] == pytest.approx(points["lora", task])
 
 
-def test_study_keeps_every_artefact_in_one_folder(small_study):
+def test_study_keeps_every_artefact_in_one_folder(lab_study):
+    study = lab_study.out
     for relative in ["compare.json", "compare.md", "compare.csv", "report.html", "study.json", "summary.txt",
                      "arms/lora/model.safetensors", "arms/lora/forgetbench_manifest.json",
                      "arms/lora/adapter/adapter_model.safetensors", "logs/train_lora.log", "logs/eval_lora.log"]:
-        assert (small_study / relative).is_file(), relative
-    assert len(list((small_study / "eval" / "pre").glob("*/*_results.json"))) == 1
-    assert len(list((small_study / "eval" / "lora").glob("*/*_results.json"))) == 1
-    manifest = json.loads((small_study / "arms" / "lora" / "forgetbench_manifest.json").read_text())
-    assert manifest["steps"] == 40 and manifest["method"] == "lora"
-    summary = (small_study / "summary.txt").read_text()
+        assert (study / relative).is_file(), relative
+    assert len(list((study / "eval" / "pre").glob("*/*_results.json"))) == 1
+    assert len(list((study / "eval" / "lora").glob("*/*_results.json"))) == 1
+    manifest = json.loads((study / "arms" / "lora" / "forgetbench_manifest.json").read_text())
+    assert manifest["steps"] == 6 and manifest["method"] == "lora"
+    summary = (study / "summary.txt").read_text()
     assert "forgetbench_lab_digits" in summary and "lora" in summary
 
 
-def test_study_refuses_a_non_empty_output_folder(small_study):
-    before = sorted(p.name for p in small_study.iterdir())
-    completed = subprocess.run([str(BIN / "forgetbench"), "study", "--out", str(small_study)],
+def test_study_refuses_a_non_empty_output_folder(lab_study):
+    study = lab_study.out
+    before = sorted(p.name for p in study.iterdir())
+    completed = subprocess.run([str(BIN / "forgetbench"), "study", "--out", str(study)],
                                capture_output=True, text=True, check=False)
     assert completed.returncode == 2
     assert completed.stderr.strip().splitlines() == [
-        f"forgetbench study: error: --out {small_study}: holds another study (different settings); pass --overwrite "
+        f"forgetbench study: error: --out {study}: holds another study (different settings); pass --overwrite "
         "to replace it"
     ]
-    assert sorted(p.name for p in small_study.iterdir()) == before
+    assert sorted(p.name for p in study.iterdir()) == before
 
 
 @pytest.mark.parametrize(
@@ -133,12 +136,12 @@ def test_full_lab_study_tells_the_papers_story(tmp_path):
     assert after > before + 20, f"count answers that are digits: {before} before, {after} after Full-ST"
 
 
-def test_compare_pairs_runs_through_the_manifests(small_study):
+def test_compare_pairs_runs_through_the_manifests(lab_study):
     """The base model's manifest says 'trained from scratch': fine against itself, refused as a fine-tune of the
     checkpoint that was tuned from it."""
     from forgetbench.compare import main
 
-    pre, post = small_study / "eval" / "pre", small_study / "eval" / "lora"
+    pre, post = lab_study.out / "eval" / "pre", lab_study.out / "eval" / "lora"
     roles = ["--downstream", "forgetbench_lab_digits", "--upstream", "forgetbench_lab_color", "--resamples", "100"]
     assert main(["--pre", str(pre), "--post", str(pre), *roles]) == 0
     completed = subprocess.run([str(BIN / "forgetbench"), "compare", "--pre", str(post), "--post", str(pre), *roles],

@@ -77,10 +77,11 @@ def test_loglikelihood_ranks_agree_with_a_direct_forward_pass(lab_model):
     assert result["results"]["forgetbench_lab_color_closed"]["acc,none"] == 1.0
 
 
-def test_adapter_folder_answers_equal_the_merged_checkpoint(lab_model, small_study):
+def test_adapter_folder_answers_equal_the_merged_checkpoint(lab_model, lab_study):
+    study = lab_study.out
     tasks = ["forgetbench_lab_digits", "forgetbench_lab_color"]
-    merged = evaluate("forgetbench", f"pretrained={small_study / 'arms' / 'lora'}", tasks, 8, 24)
-    adapter = evaluate("forgetbench", f"pretrained={lab_model},adapter={small_study / 'arms' / 'lora' / 'adapter'}",
+    merged = evaluate("forgetbench", f"pretrained={study / 'arms' / 'lora'}", tasks, 8, 24)
+    adapter = evaluate("forgetbench", f"pretrained={lab_model},adapter={study / 'arms' / 'lora' / 'adapter'}",
                        tasks, 8, 24)
     for task in tasks:
         assert answers(adapter, task) == answers(merged, task)

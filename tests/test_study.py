@@ -12,25 +12,12 @@ import sys
 import time
 
 import pytest
-from conftest import BIN, REPO, run_command
-
-ARGS = ["--methods", "lora,full_st", "--limit", "24", "--recipe-args", "--max_steps 6"]
+from conftest import BIN, REPO, lab_study_command, run_command
 
 
-def _study(out, cache, *extra: str) -> list[str]:
-    return [str(BIN / "forgetbench"), "study", "--out", str(out), "--cache-dir", str(cache), *ARGS, *extra]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("baselines")
-
-
-@pytest.fixture(scope="module")
-def two_arms(tmp_path_factory, cache):
-    out = tmp_path_factory.mktemp("two-arms") / "study"
-    completed = run_command(_study(out, cache))
-    return out, completed.stdout
+def _study(lab_study, out, *extra: str) -> list[str]:
+    """A study with the shared lab study's settings (and so its cached baseline)."""
+    return lab_study_command(out, lab_study.cache, *extra)
 
 
 def _efo(out) -> dict:
@@ -38,15 +25,17 @@ def _efo(out) -> dict:
     return {name: (m["E"], m["F"], m["O"]) for name, m in report["methods"].items()}
 
 
-def test_two_arms_write_every_output(two_arms):
-    out, stdout = two_arms
+def test_two_arms_write_every_output(lab_study):
+    out, stdout = lab_study.out, lab_study.stdout
+    from forgetbench.compare.report import SCHEMA
+
     report = json.loads((out / "compare.json").read_text())
-    assert report["schema"] == "forgetbench.compare/2" and list(report["methods"]) == ["lora", "full_st"]
+    assert report["schema"] == SCHEMA and list(report["methods"]) == ["lora", "full_st", "full_st@wise-0.5"]
     for name in ("compare.md", "compare.csv", "forgotten.csv", "ef.png", "report.html", "summary.txt"):
         assert (out / name).is_file(), name
     state = json.loads((out / "study.json").read_text())
-    assert list(state["steps"]) == ["baseline", "train/lora", "eval/lora", "train/full_st", "eval/full_st", "compare",
-                                    "report"]
+    assert list(state["steps"]) == ["baseline", "train/lora", "eval/lora", "train/full_st", "eval/full_st",
+                                    "eval/full_st@wise-0.5", "compare", "report"]
     for arm in ("lora", "full_st"):
         manifest = json.loads((out / "arms" / arm / "forgetbench_manifest.json").read_text())
         assert manifest["method"] == arm and manifest["steps"] == 6
@@ -69,13 +58,13 @@ def test_two_arms_write_every_output(two_arms):
         assert f"<td>{speed['samples']}</td>" in html and f"<td>{speed['samples_per_second']:.2f}</td>" in html
     assert "samples/s (whole lmms-eval process): baseline 120 in" in (out / "summary.txt").read_text()
     csv_methods = {line.split(",")[0] for line in (out / "compare.csv").read_text().splitlines()[1:]}
-    assert csv_methods == {"lora", "full_st"}
+    assert csv_methods == {"lora", "full_st", "full_st@wise-0.5"}
 
 
-def test_a_second_study_reuses_the_cached_baseline_and_says_so(two_arms, cache, tmp_path):
-    first, _ = two_arms
+def test_a_second_study_reuses_the_cached_baseline_and_says_so(lab_study, tmp_path):
+    first, cache = lab_study.out, lab_study.cache
     out = tmp_path / "again"
-    completed = run_command(_study(out, cache, "--methods", "lora"))
+    completed = run_command(_study(lab_study, out, "--methods", "lora"), cwd=tmp_path)
     entries = [p for p in cache.iterdir() if not p.name.startswith(".")]
     assert len(entries) == 1
     assert f"[baseline] reusing the cached evaluation of the base model: {entries[0]}" in completed.stdout
@@ -88,10 +77,12 @@ def test_a_second_study_reuses_the_cached_baseline_and_says_so(two_arms, cache, 
         [json.loads((out / "compare.json").read_text())[k] for k in "EFO"])
 
 
-def test_a_study_killed_halfway_and_rerun_ends_with_the_same_numbers(two_arms, cache, tmp_path):
-    first, _ = two_arms
+def test_a_study_killed_halfway_and_rerun_ends_with_the_same_numbers(lab_study, tmp_path):
+    """Killed while its second arm trains; the rerun keeps the first arm and ends with the uninterrupted numbers."""
+    first = lab_study.out
     out = tmp_path / "killed"
-    process = subprocess.Popen(_study(out, cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = _study(lab_study, out, "--methods", "lora,full_st")  # the shared study's arms, without the WiSE point
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     state = out / "study.json"
     deadline = time.monotonic() + 600
     while process.poll() is None and time.monotonic() < deadline:  # kill it while the second arm trains
@@ -105,10 +96,10 @@ def test_a_study_killed_halfway_and_rerun_ends_with_the_same_numbers(two_arms, c
     done = json.loads(state.read_text())["steps"]
     assert "eval/lora" in done and "compare" not in done
 
-    completed = run_command(_study(out, cache))
+    completed = run_command(command, cwd=tmp_path)
     assert "[train/lora] already done" in completed.stdout
     resumed, uninterrupted = _efo(out), _efo(first)
-    assert resumed.keys() == uninterrupted.keys()
+    assert set(resumed) == {"lora", "full_st"}
     for arm in resumed:
         assert resumed[arm] == pytest.approx(uninterrupted[arm]), arm
 
@@ -149,8 +140,8 @@ PDFTOTEXT = shutil.which("pdftotext")
 
 @pytest.mark.skipif(not (CHROMIUM and PDFTOTEXT), reason="needs Debian's chromium and poppler-utils (make test "
                                                           "installs them where it can: see Makefile)")
-def test_the_report_renders_every_arm_in_a_real_browser(two_arms, tmp_path):
-    out, _ = two_arms
+def test_the_report_renders_every_arm_in_a_real_browser(lab_study, tmp_path):
+    out = lab_study.out
     pdf = tmp_path / "report.pdf"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -167,14 +158,10 @@ def test_the_report_renders_every_arm_in_a_real_browser(two_arms, tmp_path):
         assert heading in text, heading
 
 
-def test_wise_ft_alphas_become_points_of_the_frontier_without_retraining(tmp_path, cache):
-    config = tmp_path / "study.yaml"
-    config.write_text("limit: 8\narms:\n  full_st: {recipe: full_st, args: --wise_alphas 0.5 --max_steps 4}\n")
-    out = tmp_path / "study"
-    run_command([str(BIN / "forgetbench"), "study", "--out", str(out), "--cache-dir", str(cache), "--config",
-                 str(config)])
+def test_wise_ft_alphas_become_points_of_the_frontier_without_retraining(lab_study):
+    out = lab_study.out
     report = json.loads((out / "compare.json").read_text())
-    assert list(report["methods"]) == ["full_st", "full_st@wise-0.5"]
+    assert list(report["methods"])[1:] == ["full_st", "full_st@wise-0.5"]
     steps = json.loads((out / "study.json").read_text())["steps"]
     assert "eval/full_st@wise-0.5" in steps and "train/full_st@wise-0.5" not in steps  # evaluated, not trained
     manifest = json.loads((out / "arms" / "full_st" / "wise-0.5" / "forgetbench_manifest.json").read_text())
