@@ -59,14 +59,12 @@ def manifest(folder: Path, base: str) -> Path:
 def lab_runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("pairing")
     base = lab_base_model_path()
-    with pytest.MonkeyPatch.context() as patch:
-        # lmms-eval 0.7.3 records `git describe` of the checkout around its install as its version: this
-        # repository's commit, which moves whenever work lands between these evaluations. Keep git from finding it,
-        # so every run records the same "unknown@unknown" (the version check is tested by editing copies below).
-        patch.setenv("GIT_CEILING_DIRECTORIES", str(Path(__file__).resolve().parents[1]))
-        return {"greedy": evaluate(root / "greedy", base),
-                "sampled": evaluate(root / "sampled", base, "--gen_kwargs", "temperature=1.5,do_sample=True"),
-                "tuned": evaluate(root / "tuned", perturbed_model(root / "noisy_model"))}
+    # No workaround for lmms-eval's recorded version (`git describe` of the repository around site-packages, which
+    # moves whenever work lands between these evaluations): --model forgetbench records the installed lmms-eval
+    # version, which compare pairs on (tests/test_compare_version.py).
+    return {"greedy": evaluate(root / "greedy", base),
+            "sampled": evaluate(root / "sampled", base, "--gen_kwargs", "temperature=1.5,do_sample=True"),
+            "tuned": evaluate(root / "tuned", perturbed_model(root / "noisy_model"))}
 
 
 def results_file(run: Path) -> Path:
@@ -160,8 +158,6 @@ VARIANTS = [
      'dtype (model_args) differs from --pre: pre null; post "float16"'),
     ("model-argument", _set("config", "model_args", value=f"pretrained={BASE},max_pixels=1000"),
      "model argument 'max_pixels' differs from --pre: pre null; post \"1000\""),
-    ("lmms-eval-version", _set("lmms_eval_version", value="main@0123abcd"),
-     'lmms-eval version differs from --pre: pre "{version}"; post "main@0123abcd"'),
     ("apply-chat-template", _set("config", "resolved_cli_args", "apply_chat_template", value=True),
      "lmms-eval --apply_chat_template differs from --pre: pre false; post true"),
     ("few-shot", _both(_set("n-shot", UP, value=2), _set("configs", UP, "num_fewshot", value=2)),
@@ -182,6 +178,22 @@ def test_each_setting_that_changes_answers_is_refused(lab_runs, tmp_path, capsys
     hint = SETTINGS if message.split(" ")[0] not in ("version", "limit") else \
         " (--allow-mismatch compares the common samples only)"
     assert line == f"--post {post}: {message.format(version=version)}{hint}"
+
+
+def test_installed_lmms_eval_version_is_refused_and_recorded_string_is_not(lab_runs, tmp_path, capsys):
+    """--model forgetbench records the installed lmms-eval version beside the run: compare pairs on it, and a
+    recorded lmms_eval_version (branch@commit of the repository around site-packages) that differs alone pairs."""
+    post = variant(lab_runs["greedy"], tmp_path / "post", _set("lmms_eval_version", value="main@0123abcd"))
+    assert compare(lab_runs["greedy"], post) == 0
+    sidecar = post / "unscorable.json"
+    data = json.loads(sidecar.read_text())
+    installed = data["versions"]["lmms-eval"]
+    data["versions"]["lmms-eval"] = "9.9.9"
+    sidecar.write_text(json.dumps(data))
+    out = tmp_path / "o"
+    line = refused_line(capsys, compare(lab_runs["greedy"], post, "--out", str(out)), out)
+    assert line == (f'--post {post}: installed lmms-eval version differs from --pre: pre "{installed}"; '
+                    f'post "9.9.9"' + SETTINGS)
 
 
 def test_what_changes_no_answer_is_not_refused(lab_runs, tmp_path, capsys):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from forgetbench.checkpoint import same_model
 from forgetbench.compare.errors import CompareError
-from forgetbench.compare.runs import Sample, model_args, pretrained
+from forgetbench.compare.runs import Sample, installed_versions, model_args, pretrained
 
 # Mismatch fields of settings (how documents were asked and answered), as opposed to which documents were scored.
 SETTING_FIELDS = frozenset({"model", "model-backend", "dtype", "model-args", "chat-template", "system-instruction",
@@ -242,10 +242,92 @@ def _run_settings(run: dict) -> list[tuple[str, str, object]]:
             if k not in IDENTITY_ARGS | PLACEMENT_ARGS and k not in DTYPE_ARGS]
     out += [("chat-template", "chat template (sha256)", _sha(run, "chat_template")),
             ("system-instruction", "system instruction", run.get("system_instruction")),
-            ("fewshot-as-multiturn", "fewshot_as_multiturn", run.get("fewshot_as_multiturn")),
-            ("lmms-eval-version", "lmms-eval version", run.get("lmms_eval_version"))]
+            ("fewshot-as-multiturn", "fewshot_as_multiturn", run.get("fewshot_as_multiturn"))]
     out += [("cli", f"lmms-eval {flag}", cli.get(key)) for key, flag in CLI_SETTINGS.items()]
     return out
+
+
+# --------------------------------------------------------------------------
+# The lmms-eval version (docs/metrics.md, "The lmms-eval version")
+# --------------------------------------------------------------------------
+
+# A release version ("0.7.3", "v0.4.1.dev2+g1a2b"), as opposed to lmms-eval 0.7.3's "branch@commit", which is
+# `git describe` of whatever repository holds site-packages (often the user's own project), or "unknown@unknown".
+_RELEASE = re.compile(r"v?\d+(\.\d+)+([.+-]?[0-9A-Za-z]+)*")
+
+
+def lmms_eval_version(run: dict) -> tuple[str | None, str]:
+    """``(version, where from)`` of the lmms-eval a run used: the installed distribution's version that
+    ``--model forgetbench`` records (``"installed"``), else ``lmms_eval_version`` when it is a release version
+    (``"recorded"``), else ``(None, "unknown")``: a ``branch@commit`` may name any repository.
+
+    >>> lmms_eval_version({"lmms_eval_version": "0.7.3"}), lmms_eval_version({"lmms_eval_version": "main@0a1b2c3d"})
+    (('0.7.3', 'recorded'), (None, 'unknown'))
+    """
+    installed = installed_versions(run)
+    if installed is not None:
+        return installed["lmms-eval"], "installed"
+    recorded = run.get("lmms_eval_version")
+    if isinstance(recorded, str) and _RELEASE.fullmatch(recorded.strip()):
+        return recorded.strip(), "recorded"
+    return None, "unknown"
+
+
+def version_mismatch(pre: dict, post: dict, label: str, reference: str = "--pre") -> Mismatch | None:
+    """The two runs used different lmms-eval versions, or None (also when either version is unknown:
+    :func:`version_notes` lists that).
+
+    >>> print(version_mismatch({"lmms_eval_version": "0.7.3"}, {"lmms_eval_version": "0.7.4"}, "--post P"))
+    --post P: lmms-eval version differs from --pre: pre "0.7.3"; post "0.7.4"
+    >>> version_mismatch({"lmms_eval_version": "main@0a1b2c3d"}, {"lmms_eval_version": "main@9f8e7d6c"}, "--post P")
+    """
+    (a, where_a), (b, where_b) = lmms_eval_version(pre), lmms_eval_version(post)
+    if a is None or b is None or a == b:
+        return None
+    what = "installed lmms-eval version" if where_a == where_b == "installed" else "lmms-eval version"
+    return Mismatch("lmms-eval-version", a, b, f"{label}: {what} differs from {reference}: pre {show(a)}; "
+                                               f"post {show(b)}")
+
+
+def version_notes(pre: dict, post: dict) -> dict | None:
+    """What is known about the two runs' versions beyond :func:`version_mismatch`, for compare.json's
+    ``pairing`` section; None when there is nothing to say (the recorded strings agree and each side's version
+    is known or neither is).
+
+    ``recorded_versions``: both ``lmms_eval_version`` strings; ``installed_versions``: what ``--model forgetbench``
+    recorded per side (``{"lmms-eval": V, "forgetbench": V}`` or None); ``note``: one line saying what was
+    paired on and what was not compared.
+
+    >>> version_notes({"lmms_eval_version": "main@aaaa111"}, {"lmms_eval_version": "main@bbbb222"})["note"]
+    ... # doctest: +NORMALIZE_WHITESPACE
+    "lmms-eval version not compared: neither run records an installed lmms-eval version (--model forgetbench
+      does) and lmms_eval_version ('main@aaaa111', 'main@bbbb222') is branch@commit of whatever git repository
+      holds site-packages, not a release"
+    """
+    recorded = {"pre": pre.get("lmms_eval_version"), "post": post.get("lmms_eval_version")}
+    installed = {"pre": installed_versions(pre), "post": installed_versions(post)}
+    (a, where_a), (b, where_b) = lmms_eval_version(pre), lmms_eval_version(post)
+    notes = []
+    shown = f"lmms_eval_version ({recorded['pre']!r}, {recorded['post']!r})"
+    if a is not None and b is not None:
+        if recorded["pre"] != recorded["post"] and "installed" in (where_a, where_b):
+            notes.append(f"paired on the installed lmms-eval version ({a} and {b}); {shown} differs but is "
+                         "branch@commit of whatever git repository holds site-packages, not lmms-eval's version")
+    elif a is None and b is None:
+        if recorded["pre"] != recorded["post"]:
+            notes.append(f"lmms-eval version not compared: neither run records an installed lmms-eval version "
+                         f"(--model forgetbench does) and {shown} is branch@commit of whatever git repository "
+                         "holds site-packages, not a release")
+    else:
+        side = "pre" if a is None else "post"
+        notes.append(f"lmms-eval version not compared: {side} records no installed lmms-eval version and its "
+                     f"lmms_eval_version {recorded[side]!r} is not a release (the other used {a or b})")
+    ours = [v.get("forgetbench") if v else None for v in installed.values()]
+    if None not in ours and ours[0] != ours[1]:
+        notes.append(f"forgetbench differs: pre {ours[0]}; post {ours[1]} (listed, not compared)")
+    if not notes:
+        return None
+    return {"recorded_versions": recorded, "installed_versions": installed, "note": "; ".join(notes)}
 
 
 def setting_mismatches(pre: dict, post: dict, label: str, reference: str = "--pre") -> list[Mismatch]:
@@ -272,6 +354,7 @@ def setting_mismatches(pre: dict, post: dict, label: str, reference: str = "--pr
         if a != b:
             out.append(Mismatch(field, a, b, f"{label}: {what} differs from {reference}: pre {show(a)}; "
                                              f"post {show(b)}"))
+    out += [m for m in [version_mismatch(pre, post, label, reference)] if m]
     shared = [t for t in pre["configs"] if t in post["configs"]]
     for task in shared:
         a, b = generation_settings(pre, task), generation_settings(post, task)

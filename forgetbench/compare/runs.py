@@ -155,6 +155,36 @@ def load_unscorable(run: dict, label: str) -> dict[str, int] | None:
     return counts
 
 
+def installed_versions(run: dict) -> dict[str, str] | None:
+    """``{"lmms-eval": V, "forgetbench": V}``: the installed distributions' versions ``--model forgetbench``
+    records in its ``unscorable*.json`` beside the results folder (``versions``); None when the run has none
+    (another wrapper, an older forgetbench, a results file away from its output folder), when the file belongs
+    to another run (its ``pretrained`` is not this run's: two runs into one ``--output_path``) or is unreadable
+    (:func:`load_unscorable` names that), or when its ranks disagree.
+
+    >>> installed_versions({"config": {}})  # a hand-made run, no file
+    """
+    file = run.get("_file")
+    if not isinstance(file, Path):
+        return None
+    folder = file.parent
+    files = sorted(folder.glob("unscorable*.json")) or sorted(folder.parent.glob("unscorable*.json"))
+    found = set()
+    for path in files:
+        try:
+            data = json.loads(read_regular(path, "-"))
+        except (OSError, ValueError, RecursionError, CompareError):
+            return None
+        versions = data.get("versions") if isinstance(data, dict) else None
+        if not isinstance(versions, dict) or data.get("pretrained") != pretrained(run):
+            return None
+        found.add(tuple(sorted((str(k), v if isinstance(v, str) else None) for k, v in versions.items())))
+    if len(found) != 1:
+        return None
+    versions = dict(found.pop())
+    return versions if isinstance(versions.get("lmms-eval"), str) else None
+
+
 @dataclass
 class Sample:
     """One line of a sample log: what forgetbench needs of it."""

@@ -16,7 +16,9 @@ A document whose image cannot be decoded is *unscorable*, never dropped and neve
 (generation) or scored +inf for every choice (likelihood, so lmms-eval picks its first choice), a warning names
 the task and doc id, and every such item is listed in ``unscorable.json`` (``unscorable.rank<R>.json`` per rank
 under data parallelism) in lmms-eval's ``--output_path`` folder, or ``unscorable_dir=DIR``; ``forgetbench
-compare`` reports the counts per task (docs/faults.md). Weights load from safetensors only.
+compare`` reports the counts per task (docs/faults.md). The same file records the installed lmms-eval and
+forgetbench versions (``versions``), which ``forgetbench compare`` pairs runs on (docs/metrics.md, "Pairing").
+Weights load from safetensors only.
 """
 
 from __future__ import annotations
@@ -57,6 +59,20 @@ def _selected(cache, indices: torch.Tensor):
         selected = copy.deepcopy(cache)
     selected.batch_select_indices(indices)
     return selected
+
+def installed_versions() -> dict[str, str | None]:
+    """The installed ``lmms-eval`` and ``forgetbench`` distributions' versions (``importlib.metadata``), None
+    for one not installed as a distribution."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for name in ("lmms-eval", "forgetbench"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
 
 class UnscorableImage(Exception):
     """A request's document image cannot be decoded (recorded in :attr:`ImageTextModel.unscorable`)."""
@@ -205,8 +221,10 @@ class ImageTextModel(lmms):
         counts: dict[str, int] = {}
         for item in items:
             counts[item["task"]] = counts.get(item["task"], 0) + 1
+        # "versions": the installed lmms-eval and forgetbench distributions, which compare pairs on (lmms-eval's
+        # own lmms_eval_version is the git describe of whatever repository holds site-packages: docs/lmms-eval.md).
         data = {"schema": "forgetbench.unscorable/1", "pretrained": self.pretrained, "rank": self._rank,
-                "counts": counts, "items": items}
+                "versions": installed_versions(), "counts": counts, "items": items}
         folder = self.unscorable_file.parent
         tmp = None
         try:
