@@ -774,3 +774,148 @@ def test_every_weight_save_writes_safetensors():
     assert inspect.signature(PeftModel.save_pretrained).parameters["safe_serialization"].default is True
     assert not _code("safe_serialization=False")
     record("safety", "weights saved as safetensors only", "checked", "", [])
+
+
+# -- nothing lost, silently wrong, injected (issue 19) -----------------------------------------------------------
+
+
+def cli_refused(argv: list[str], folder: Path, kind: str, case: str, prog: str, cwd: Path | None = None) -> str:
+    """``forgetbench ARGV`` as a user runs it: exit 2, one stderr line starting ``PROG: error:``, no traceback, and
+    every file under ``folder`` as it was (the same names and bytes)."""
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    done = subprocess.run([str(BIN / "forgetbench"), *argv], capture_output=True, text=True, env=ENV, timeout=300,
+                          cwd=cwd or folder, check=False)
+    after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    changed = sorted(str(p) for p in set(before) ^ set(after) | {p for p in before if after.get(p) != before[p]})
+    lines = record(kind, case, "refused", done.stderr, changed)
+    assert done.returncode == 2 and TRACEBACK not in done.stderr and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith(f"{prog}: error: "), lines[0]
+    assert not changed, changed
+    return lines[0]
+
+
+@pytest.fixture
+def user_folder(tmp_path) -> Path:
+    """A folder of a user's own files, one of them in a sub-folder and one named like a study output."""
+    folder = tmp_path / "my-project"
+    (folder / "notes").mkdir(parents=True)
+    (folder / "notes" / "plan.txt").write_text("my plan\n")
+    (folder / "data.csv").write_text("a,b\n1,2\n")
+    (folder / "report.html").write_text("<p>my own report</p>\n")
+    return folder
+
+
+def test_study_overwrite_of_a_folder_of_user_files_is_refused_and_every_file_stays(user_folder):
+    cli_refused(["study", "--out", str(user_folder), "--overwrite"], user_folder.parent, "nothing lost",
+                "study --out FOLDER --overwrite on user files", "forgetbench study")
+
+
+def test_make_study_into_a_folder_of_user_files_is_refused_and_every_file_stays(user_folder):
+    """`make study OUT=FOLDER` (README's main job) on a folder of user files: the venv is the one running the tests,
+    taken as up to date (-o), so make runs nothing but the study command."""
+    venv = Path(sys.executable).parent.parent
+    before = {p: p.read_bytes() for p in user_folder.rglob("*") if p.is_file()}
+    done = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "-o", f"{venv}/.ready", "study",
+                           f"OUT={user_folder}", f"VENV={venv}"], capture_output=True, text=True, env=ENV,
+                          timeout=300, check=False)
+    lines = record("nothing lost", "make study OUT=FOLDER on user files", "refused",
+                   "\n".join(line for line in done.stderr.splitlines() if not line.startswith("make")), [])
+    assert done.returncode != 0 and TRACEBACK not in done.stderr, done.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("forgetbench study: error: "), done.stderr[-2000:]
+    assert {p: p.read_bytes() for p in user_folder.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("name", ["..", "."])
+def test_an_arm_named_like_a_parent_folder_is_refused_before_anything_runs(name, tmp_path):
+    config = tmp_path / "study.yaml"
+    config.write_text(f"arms:\n  '{name}': {{recipe: lora}}\n")
+    cli_refused(["study", "--out", str(tmp_path / "out"), "--config", str(config)], tmp_path, "nothing lost",
+                f"an arm named {name!r}", "forgetbench study")
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_json_over_the_post_runs_results_is_refused(tmp_path):
+    from test_compare import DOWN, POST, PRE, UP, lmms_results, write_output
+
+    pre, post = write_output(tmp_path / "pre", lmms_results(PRE)), write_output(tmp_path / "post", lmms_results(POST))
+    (results,) = post.glob("*/*_results.json")
+    cli_refused(["compare", "--pre", str(pre), "--post", str(post), "--downstream", DOWN, "--upstream", UP, "--json",
+                 str(results)], tmp_path, "nothing lost", "compare --json onto the post run's results.json",
+                "forgetbench compare")
+
+
+def test_a_replay_ratio_that_would_grow_the_stream_without_bound_is_refused(tmp_path, capfd, no_model_load):
+    message = refused(capfd, [*QUICK, "--replay_tasks", "forgetbench_lab_color", "--replay_ratio", "0.999999"],
+                      tmp_path, "nothing lost", "--replay_ratio 0.999999")
+    assert "--replay_ratio" in message
+
+
+def test_a_scale_that_contradicts_the_metric_is_refused(tmp_path):
+    from test_compare import DOWN, POST, PRE, UP, lmms_results, write_output
+
+    pre, post = write_output(tmp_path / "pre", lmms_results(PRE)), write_output(tmp_path / "post", lmms_results(POST))
+    task = DOWN.split(",")[0]
+    line = cli_refused(["compare", "--pre", str(pre), "--post", str(post), "--downstream", DOWN, "--upstream", UP,
+                        "--metric-scale", f"{task}=points"], tmp_path, "silently wrong",
+                       "--metric-scale points on a 0-1 metric", "forgetbench compare")
+    assert "--metric-scale" in line
+
+
+@pytest.mark.parametrize(("argv", "case"), [
+    (["--resamples", "1"], "--resamples 1 (a zero-width interval)"),
+    (["--seed", "-1"], "--seed -1 (numpy's traceback)"),
+])
+def test_bootstrap_settings_that_would_mislead_are_refused(argv, case, tmp_path):
+    from test_compare import DOWN, POST, PRE, UP, lmms_results, write_output
+
+    pre, post = write_output(tmp_path / "pre", lmms_results(PRE)), write_output(tmp_path / "post", lmms_results(POST))
+    cli_refused(["compare", "--pre", str(pre), "--post", str(post), "--downstream", DOWN, "--upstream", UP, *argv],
+                tmp_path, "silently wrong", case, "forgetbench compare")
+
+
+def test_a_limit_below_one_is_refused(tmp_path):
+    cli_refused(["study", "--out", str(tmp_path / "out"), "--limit", "-1"], tmp_path, "silently wrong",
+                "study --limit -1", "forgetbench study")
+
+
+def test_formula_answers_reach_the_csv_as_text(tmp_path):
+    """An answer such as =HYPERLINK(...) would run when forgotten.csv is opened in a spreadsheet."""
+    import csv
+
+    from test_compare import DOWN, POST, PRE, UP, lmms_results, write_output
+
+    from forgetbench.compare import compare_runs
+
+    pre, post = write_output(tmp_path / "pre", lmms_results(PRE)), write_output(tmp_path / "post", lmms_results(POST))
+    for sample_file in [*pre.glob("*/*_samples_*.jsonl"), *post.glob("*/*_samples_*.jsonl")]:
+        rows = [json.loads(line) for line in sample_file.read_text().splitlines()]
+        for row in rows:
+            row["filtered_resps"] = '=HYPERLINK("http://x.invalid","y")'
+            row["target"] = "@SUM(A1)"
+        sample_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    compare_runs(pre, [("post", post)], DOWN.split(","), UP.split(",")).write(out=out)
+    cells = [cell for path in out.glob("*.csv") for row in csv.reader(path.open()) for cell in row]
+    assert cells and not [cell for cell in cells if cell[:1] in ("=", "+", "@")]
+    assert any(cell.startswith("'=HYPERLINK") for cell in cells)  # kept as text, quoted
+    record("injected", "formula answers in the CSVs", "checked", "", [])
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C in the middle of a study: 'interrupted; rerun to continue', exit 130, no traceback."""
+    import signal
+    import time
+
+    out = tmp_path / "study"
+    process = subprocess.Popen([str(BIN / "forgetbench"), "study", "--out", str(out), "--methods", "lora", "--limit",
+                                "2", "--cache-dir", str(tmp_path / "cache")], cwd=tmp_path, env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and not (out / "logs").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    lines = record("output", "Ctrl-C during a study", "refused", err, [])
+    assert process.returncode == 130 and TRACEBACK not in err, err[-2000:]
+    assert lines[-1] == "forgetbench study: interrupted; rerun to continue", err[-2000:]
