@@ -36,11 +36,11 @@ from forgetbench.study.plan import (
     Plan,
     check_name,
     config_family,
-    configure_parser,
     model_location,
     model_type,
     plan_from_args,
 )
+from forgetbench.study.plan import configure_parser as _plan_parser
 from forgetbench.study.state import LOCK_NAME, OWNED, STATE_NAME, State, check_out, study_lock
 from forgetbench.study.steps import baseline, eval_command, evaluate_point, log_path, points_of, train_arm
 
@@ -49,8 +49,28 @@ __all__ = ["DEFAULT_ARMS", "LOCK_NAME", "OWNED", "STATE_NAME", "Arm", "Plan", "S
            "model_location", "model_type", "plan_from_args", "points_of", "run", "study"]
 
 
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """The plan's options (:func:`forgetbench.study.plan.configure_parser`) and the launcher's
+    (:func:`forgetbench.study.launch.add_arguments`)."""
+    from forgetbench.study import launch
+
+    _plan_parser(parser)
+    launch.add_arguments(parser)
+
+
 def study(args) -> dict:
-    plan = plan_from_args(args)
+    from forgetbench.study import launch
+
+    for name, default in (("launcher", "none"), ("max_parallel", 2), ("detach", False), ("slurm_extra", [])):
+        if not hasattr(args, name):  # a Namespace built before the launcher existed
+            setattr(args, name, default)
+    with launch.without_slurm(args) as (planned, study_slurm, arm_slurm):
+        plan = plan_from_args(planned)
+    unknown = set(arm_slurm) - {arm.name for arm in plan.arms}
+    if unknown:
+        raise StudyError(f"--config {args.config}: slurm settings for arms the study does not have: "
+                         f"{', '.join(sorted(unknown))}")
+    args._slurm = (study_slurm, arm_slurm)
     location = model_location(plan.model, plan.revision)
     out = args.out.resolve()
     check_out(out, args.overwrite)  # before the lock: nothing is written into a folder that is not the study's
@@ -71,16 +91,43 @@ def _run_study(args, plan: Plan, location: str, state: State) -> dict:
         if state.done(step):
             print(f"[{step}] already done (resumed from {state.file})", flush=True)
 
-    announce("baseline")
-    baseline(plan, state, cache_root(args.cache_dir), env, location)
-    points = []
-    for arm in tqdm(plan.arms, desc="forgetbench study", unit="arm", file=sys.stdout):
-        announce(f"train/{arm.name}")
-        train_arm(arm, plan, state, env, location)
-        for name, folder in points_of(arm, out):
-            announce(f"eval/{name}")
-            evaluate_point(name, folder, plan, state, env)
-            points.append((name, out / "eval" / name))
+    missing: list[dict] = []
+    if getattr(args, "launcher", "none") != "none":
+        from forgetbench.study import launch
+
+        for step in ("baseline", *(f"train/{arm.name}" for arm in plan.arms)):
+            announce(step)
+        points, missing = launch.run_graph(args, plan, location, state, env, cache_root(args.cache_dir),
+                                           *getattr(args, "_slurm", ({}, {})))
+        state.data["missing"] = missing
+        state.finish_jobs()
+        if launch.detached(args) and not state.done("baseline") or launch.detached(args) and not points:
+            print(f"jobs submitted; rerun the same command to re-attach, compare and report ({state.file})",
+                  flush=True)
+            return {}
+        if state.done("baseline") is None:
+            raise StudyError("the baseline evaluation failed: nothing to compare with; " + "; ".join(
+                f"{m['step']} (job {m['job_id']}): {m['log']}" for m in missing))
+        if not points:
+            raise StudyError("no arm's evaluation finished: " + "; ".join(
+                f"{m['step']} (job {m['job_id']}): {m['log']}" for m in missing))
+    else:
+        from forgetbench.study.progress import step_progress
+
+        logs = out / "logs"
+        announce("baseline")
+        with step_progress("baseline", log_path(logs, "eval_pre")):
+            baseline(plan, state, cache_root(args.cache_dir), env, location)
+        points = []
+        for arm in tqdm(plan.arms, desc="forgetbench study", unit="arm", file=sys.stdout):
+            announce(f"train/{arm.name}")
+            with step_progress(f"train/{arm.name}", log_path(logs, f"train/{arm.name}")):
+                train_arm(arm, plan, state, env, location)
+            for name, folder in points_of(arm, out):
+                announce(f"eval/{name}")
+                with step_progress(f"eval/{name}", log_path(logs, f"eval/{name}")):
+                    evaluate_point(name, folder, plan, state, env)
+                points.append((name, out / "eval" / name))
 
     start = time.perf_counter()
     try:
@@ -102,8 +149,13 @@ def _run_study(args, plan: Plan, location: str, state: State) -> dict:
                    + (" (cached)" if t.get("from_cache") else "")
                    for k, t in ((k, v.get("throughput")) for k, v in state.data["steps"].items())
                    if t and t.get("samples_per_second") is not None)]
+    if missing:
+        summary.append("missing (not compared): " + "; ".join(
+            f"{m['step']} (job {m['job_id']}; log {m['log']})" for m in missing))
     write_all_atomic({out / "summary.txt": ("\n".join(summary) + "\n").encode()})
     print(comparison.table())
+    for m in missing:
+        print(f"missing: {m['step']} (job {m['job_id']}; log {m['log']})")
     print(f"artefacts in {out} (report: {out / 'report.html'})")
     return comparison.report
 

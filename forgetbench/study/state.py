@@ -21,7 +21,7 @@ LOCK_NAME = ".forgetbench-study.lock"  # never removed: a process may hold it (f
 # files of an all-or-nothing write that a kill can leave (outputs.write_all_atomic names them .NAME.*.tmp).
 _FILES = (STATE_NAME, "compare.json", "compare.md", "compare.csv", "forgotten*.csv", "learned*.csv", "ef.png",
           "ef.svg", "report.html", "summary.txt")
-OWNED = ("eval", "arms", "logs", *_FILES, *(f".{name}.*.tmp" for name in _FILES))
+OWNED = ("eval", "arms", "logs", "jobs", *_FILES, *(f".{name}.*.tmp" for name in _FILES))
 
 
 @contextlib.contextmanager
@@ -115,7 +115,27 @@ class State:
         self.data["steps"][step] = record
         write_all_atomic({self.file: json_bytes(self.data)})
 
+    def finish_jobs(self) -> None:
+        """Rewrite study.json after the launcher changed ``data["jobs"]`` (each job's id, logs and state)."""
+        write_all_atomic({self.file: json_bytes(self.data)})
+
     def remove(self, *relative: str) -> None:
         """Remove some of the study's own paths in ``OUT`` (an unfinished evaluation, an arm that starts over);
         ``relative`` are literal paths (an arm's name is not a pattern)."""
         remove_owned(self.out, [glob.escape(path) for path in relative], marker=STATE_NAME, keep=(LOCK_NAME,))
+
+
+def job_record(out: Path, step: str) -> Path:
+    """Where a job (``--launcher local|slurm``) records its finished step: ``OUT/jobs/<step>.json``, '/' written
+    '_' as in the logs' names."""
+    return out / "jobs" / f"{step.replace('/', '_')}.json"
+
+
+class JobState(State):
+    """The state a job's step sees: it records its step in its own file (:func:`job_record`, atomically), never in
+    study.json, which the controller alone writes (several jobs finish at once); the controller merges it."""
+
+    def finish(self, step: str, **record) -> None:
+        self.data["steps"][step] = record
+        (self.out / "jobs").mkdir(exist_ok=True)
+        write_all_atomic({job_record(self.out, step): json_bytes(record)})
