@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 _BAR = re.compile(r"(\d+)/(\d+) \[")  # tqdm: " 40%|####  | 48/120 [00:03<00:05, ...]"
+_NOT_THE_STEP = ("shards", "Loading", "Postprocessing", "Map", "Filter", "Generating", "Building", "Tokeniz")
 _LOSS = re.compile(r"""['"]loss['"]:\s*'?([-+0-9.eE]+|nan|inf)""")
 
 
@@ -20,7 +21,8 @@ def read_progress(log: Path, tail: int = 65536) -> tuple[int, int, str | None] |
 
     >>> import tempfile, pathlib
     >>> f = pathlib.Path(tempfile.mkdtemp()) / "train.log"
-    >>> _ = f.write_text("{'loss': 2.31, 'epoch': 0.5}\\r 1/6 [00:01<00:05]\\r 2/6 [00:02<00:04]")
+    >>> _ = f.write_text("{'loss': 2.31, 'epoch': 0.5}\\r 1/6 [00:01<00:05]\\r 2/6 [00:02<00:04]\\n"
+    ...                  "Writing model shards: 1/1 [00:00<00:00]")
     >>> read_progress(f)
     (2, 6, '2.31')
     """
@@ -31,7 +33,9 @@ def read_progress(log: Path, tail: int = 65536) -> tuple[int, int, str | None] |
             text = handle.read().decode(errors="replace")
     except OSError:
         return None
-    bars = _BAR.findall(text)
+    # the step's own bar: not a loading, mapping, post-processing or shard-writing bar of the libraries
+    bars = [bar for line in re.split(r"[\r\n]", text) if not any(word in line for word in _NOT_THE_STEP)
+            for bar in _BAR.findall(line)]
     if not bars:
         return None
     losses = _LOSS.findall(text)
