@@ -420,9 +420,6 @@ def test_recipe_trains_the_family_from_its_real_model_config(family, method, tra
         assert not moved and (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="forgetbench/train/checks.py's check_config_file refuses the generated real-model configs' "
-                          "`max_length: null` ('null (it needs a value)'), so recipe_main cannot run them")
 def test_recipe_main_runs_a_real_model_config(tiny_family, tmp_path, capsys):
     """What a user types (accelerate launch recipes/lora.py --config recipes/configs/qwen2-vl-2b/lora.yaml ...)."""
     from forgetbench.train import recipe_main

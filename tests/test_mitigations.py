@@ -52,15 +52,26 @@ def weights(folder) -> dict[str, torch.Tensor]:
 # --- bad values -----------------------------------------------------------------------------------------------------
 
 REFUSED = [
-    ("lora", ["--replay_ratio", "0.2"], "--replay_ratio: needs --replay_tasks TASK[,TASK...] (the tasks to replay)"),
+    ("lora", ["--replay_ratio", "0.2"],
+     "--replay_ratio: needs --replay_tasks TASK[,TASK...] or --replay_data PATH (what to replay)"),
     ("lora", ["--replay_tasks", "forgetbench_lab_color"],
      "--replay_tasks: needs --replay_ratio R (the share of replay rows, between 0 and 1)"),
     ("lora", ["--replay_tasks", "forgetbench_lab_colour", "--replay_ratio", "0.2"],
-     "--replay_tasks forgetbench_lab_colour: not a forgetbench suite task (known: "),
+     "--replay_tasks forgetbench_lab_colour: not a forgetbench suite task or group (known: "),
     ("lora", ["--replay_tasks", "forgetbench_lab_digits", "--replay_ratio", "0.2"],
      "--replay_tasks forgetbench_lab_digits: the training task itself (--dataset_name)"),
     ("lora", ["--replay_tasks", "forgetbench_lab_color,forgetbench_lab_color", "--replay_ratio", "0.2"],
      "--replay_tasks forgetbench_lab_color: given twice"),
+    ("lora", ["--replay_tasks", "forgetbench_lab_upstream,forgetbench_lab_color", "--replay_ratio", "0.2"],
+     "--replay_tasks forgetbench_lab_color: given twice"),
+    ("lora", ["--replay_tasks", "forgetbench_lab_downstream", "--replay_ratio", "0.2"],
+     "--replay_tasks forgetbench_lab_downstream: its task forgetbench_lab_digits: the training task itself "
+     "(--dataset_name)"),
+    ("lora", ["--replay_data", "/nonexistent/general.parquet", "--replay_ratio", "0.2"],
+     "--replay_data /nonexistent/general.parquet: no such file or folder"),
+    ("lora", ["--replay_data", "./general", "--replay_ratio", "0.2"],
+     "--replay_data ./general: no such file or folder"),
+    ("lora", ["--replay_data", "org/general"], "--replay_data: needs --replay_ratio R (the share of replay rows"),
     ("lora", ["--replay_tasks", "forgetbench_lab_color", "--replay_ratio", "1"],
      "--replay_ratio 1.0: must be between 0 and 1, exclusive (the share of replay rows in the training stream)"),
     ("lora", ["--replay_tasks", "forgetbench_lab_color", "--replay_ratio", "0.95"],
@@ -102,7 +113,7 @@ def test_the_registry_holds_each_mitigation_once_with_the_flags_it_reads():
     from forgetbench.train.recipe import ForgetbenchArguments
 
     found = {entry.name: [option.name for option in entry.options] for entry in entries()}
-    assert found == {"replay": ["replay_tasks", "replay_ratio"], "anchor": ["kl_weight", "l2sp_weight"],
+    assert found == {"replay": ["replay_tasks", "replay_ratio", "replay_data"], "anchor": ["kl_weight", "l2sp_weight"],
                      "wise": ["wise_alphas"]}
     fields = {f.name: f for f in dataclasses.fields(ForgetbenchArguments)}
     for entry in entries():
@@ -121,8 +132,8 @@ def test_a_plan_asks_each_entry_and_names_none_in_the_recipe():
     from forgetbench.train.mitigations import anchored_class, plan_mitigations
 
     def args(**given):
-        return types.SimpleNamespace(**{**dict.fromkeys(("replay_tasks", "replay_ratio", "kl_weight", "l2sp_weight",
-                                                          "wise_alphas")), **given})
+        return types.SimpleNamespace(**{**dict.fromkeys(("replay_tasks", "replay_ratio", "replay_data", "kl_weight",
+                                                          "l2sp_weight", "wise_alphas")), **given})
 
     off = plan_mitigations(args(), get_method("lora"), "forgetbench_lab_digits")
     assert off.active() == [] and off.trainer_class(SFTTrainer) == (SFTTrainer, {})
@@ -134,7 +145,7 @@ def test_a_plan_asks_each_entry_and_names_none_in_the_recipe():
     assert issubclass(anchored_class(SFTTrainer), SFTTrainer)
     assert on.manifest_entry() == {
         "replay": {"tasks": ["forgetbench_lab_color"], "ratio": 0.2, "stopping_strategy": "all_exhausted",
-                   "rows": None},
+                   "rows": None, "data": None, "evaluated_tasks_replayed": ["forgetbench_lab_color"]},
         "kl": {"weight": 0.5, "base": None, "logged": []}, "l2sp": None,
         "wise": {"alphas": [0.25, 1.0], "folders": ["wise-0.25", "wise-1"]}}
 
@@ -273,7 +284,8 @@ def test_replay_mixes_the_replay_tasks_into_the_batch_stream_at_the_ratio(tmp_pa
     share = math.ceil(1497 * ratio / 2 / (1 - ratio))
     assert manifest["mitigations"]["replay"] == {
         "tasks": replay, "ratio": ratio, "stopping_strategy": "all_exhausted",
-        "rows": {"target": 1497, replay[0]: share, replay[1]: share}}
+        "rows": {"target": 1497, replay[0]: share, replay[1]: share}, "data": None,
+        "evaluated_tasks_replayed": replay}
     assert manifest["data"]["rows"] == len(kept.dataset) >= 1497 + 2 * share
 
 
@@ -295,6 +307,120 @@ def test_replay_never_cuts_the_target_data_short():
         answers = [m[1]["content"][0]["text"] for m in mixed.select_columns(["messages"])[:]["messages"]]
         assert {f"row-{i}" for i in range(40)} <= set(answers)
         assert rows == {"target": 40, "forgetbench_lab_count": 40}
+
+
+def general_source(messages) -> str:
+    """Which source a stream row came from: a lab task (by its prompt) or the lab's general replay set."""
+    from forgetbench.lab.data import DESCRIBE, POSITION
+
+    text = prompt_of(messages)
+    own = {lab.prompt({"task": key}): lab.task_name(key) for key in lab.LAB_TASKS}
+    if text in own:
+        return own[text]
+    assert text in (DESCRIBE, POSITION) or re.fullmatch(r"Say \S+\.", text), text
+    return "replay_data"
+
+
+def test_replay_data_and_a_group_mix_into_the_batch_stream_at_the_ratio(tmp_path):
+    """--replay_data (the lab's general set) beside --replay_tasks given as a group: five replay sources, each a
+    share R/5 of the stream; the manifest names the data, its rows, and the evaluated tasks replayed."""
+    from forgetbench.lab import general_replay_path
+
+    upstream = list(suite_groups()["forgetbench_lab_upstream"])
+    ratio, kept = 0.3, KeepTrainData()
+    _, manifest = lab_run(tmp_path, "lora", "--max_steps", "1", "--replay_tasks", "forgetbench_lab_upstream",
+                          "--replay_data", str(general_replay_path()), "--replay_ratio", str(ratio), "--lora_r", "2",
+                          callbacks=[kept])
+    n = 1000
+    sources = [general_source(m) for m in kept.dataset.select_columns(["messages"])[:n]["messages"]]
+    for source, p in [("replay_data", ratio / 5), (upstream[0], ratio / 5), ("target", 1 - ratio)]:
+        count = sources.count("forgetbench_lab_digits" if source == "target" else source)
+        assert abs(count - n * p) <= 4 * math.sqrt(n * p * (1 - p)), (source, count)  # Binomial(n, p), 4 sd
+    share = math.ceil(1497 * ratio / 5 / (1 - ratio))
+    assert manifest["mitigations"]["replay"] == {
+        "tasks": upstream, "ratio": ratio, "stopping_strategy": "all_exhausted",
+        "rows": {"target": 1497, **dict.fromkeys(upstream, share), "replay_data": share},
+        "data": {"source": str(general_replay_path()), "kind": "parquet", "rows": 400, "replayed": share},
+        "evaluated_tasks_replayed": upstream}
+    assert manifest["data"]["rows"] == len(kept.dataset) >= 1497 + 5 * share
+
+
+def suite_groups():
+    from forgetbench import suite
+
+    return suite.GROUPS
+
+
+def test_replay_data_reads_folders_and_jsonl_with_relative_images_and_takes_its_share(tmp_path):
+    """Without --replay_tasks the data is the one replay source (a share R); a save_to_disk folder and a JSONL file
+    whose image paths are relative to it give the same rows as the parquet file."""
+    import datasets
+
+    from forgetbench import suite
+    from forgetbench.lab import general_replay_path
+    from forgetbench.train.data import load_replay_data, replay_data_source, with_replay
+
+    general = datasets.load_dataset("parquet", data_files=str(general_replay_path()), split="train")
+    general.select(range(30)).save_to_disk(str(tmp_path / "folder"))
+    (tmp_path / "img").mkdir()
+    with open(tmp_path / "rows.jsonl", "w") as out:
+        for i, row in enumerate(general.select(range(30))):
+            row["images"][0].save(tmp_path / "img" / f"{i}.png")
+            out.write(json.dumps({"images": [f"img/{i}.png"], "messages": row["messages"]}) + "\n")
+    target = suite.train_conversations("forgetbench_lab_digits").select(range(60))
+    found = {}
+    for given in (tmp_path / "folder", tmp_path / "rows.jsonl"):
+        source, kind = replay_data_source(str(given))
+        mixed, rows = with_replay(target, [], 0.25, 0, (load_replay_data(source, kind), source, kind))
+        assert rows == {"target": 60, "replay_data": 20}  # ceil(60 * 0.25 / 0.75)
+        assert mixed.features == target.features
+        picked = [(m, img[0].tobytes()) for m, img in zip(mixed["messages"], mixed["images"], strict=True)
+                  if general_source(m) == "replay_data"]
+        found[kind] = picked
+        assert 20 <= len(picked) and {prompt_of(m) for m, _ in picked} <= {prompt_of(m) for m in general["messages"]}
+    assert found["save_to_disk"] == found["jsonl"]  # the same rows, the same pixels, whichever way stored
+
+
+def _bad_replay_files(tmp_path):
+    """(flag value, the message's end) for data a recipe must refuse once it reads it."""
+    from forgetbench.lab.data import data_file
+
+    rows = [{"images": [], "messages": [{"role": "user", "content": "Say red."},
+                                        {"role": "assistant", "content": "red"}]}]
+    rows.append({"images": [], "messages": [{"role": "user", "content": "Say red."}]})
+    (tmp_path / "no_answer.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    broken = {"images": ["broken.png"], "messages": [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Say red."}]},
+        {"role": "assistant", "content": "red"}]}
+    (tmp_path / "broken.jsonl").write_text(json.dumps(broken) + "\n")
+    return [
+        (str(data_file("color", "train")), "not in TRL's vision format (needs the columns images and messages; it "
+                                           "has id, task, answer, image)"),
+        (str(tmp_path / "no_answer.jsonl"), "row 2: not in TRL's vision format (no user and assistant turns)"),
+        (str(tmp_path / "broken.jsonl"), "1 of 1 rows of split train has an unreadable image (row 1: "),
+    ]
+
+
+def test_replay_data_the_recipe_cannot_use_is_refused_in_one_line_before_the_model_loads(tmp_path, capsys,
+                                                                                          monkeypatch):
+    from forgetbench.train import recipe, recipe_main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded for replay data that should have been refused")
+
+    monkeypatch.setattr(recipe, "load_model", refuse)
+    for given, message in _bad_replay_files(tmp_path):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            recipe_main("lora", ["--config", str(REPO / "recipes" / "configs" / "lab" / "lora.yaml"),
+                                 "--output_dir", str(tmp_path / "out"), "--replay_data", given, "--replay_ratio",
+                                 "0.2"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in err, err
+        # The last line (before it, only datasets' progress bars of the target's first load in this process).
+        assert err.strip().splitlines()[-1].startswith(f"recipes/lora.py: error: --replay_data {given}: {message}"), err
+        assert not (tmp_path / "out").exists()
 
 
 # --- the anchor: KL to the base, L2-SP -----------------------------------------------------------------------------

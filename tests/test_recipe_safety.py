@@ -150,6 +150,29 @@ def test_overwrite_output_dir_writes_beside_other_files_and_the_manifest_stores_
     assert (out / "notes.txt").read_text() == "mine" and manifest["steps"] == 1
 
 
+# --- the config file ------------------------------------------------------------------------------------------------
+
+
+def test_null_in_a_config_is_a_value_where_the_option_admits_none_and_refused_where_it_needs_one(tmp_path):
+    """`max_length: null` (never truncate) is what every generated real-model config says: check_config_file lets
+    null through for options whose dataclass field admits None, and refuses it, in one line, where it does not."""
+    from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
+
+    from forgetbench.train import ForgetbenchArguments, RecipeError
+    from forgetbench.train.checks import check_config_file
+
+    parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, ForgetbenchArguments))
+    for config in sorted((REPO / "recipes" / "configs").rglob("*.yaml")):  # all 55 shipped configs
+        check_config_file(parser, ["--config", str(config)])
+    config = tmp_path / "c.yaml"
+    config.write_text("max_length: null\ndataset_config: null\nreplay_data: null\nbf16: null\n")
+    check_config_file(parser, ["--config", str(config)])
+    for key in ("learning_rate", "per_device_train_batch_size", "top_k"):
+        config.write_text(f"max_length: null\n{key}: null\n")
+        with pytest.raises(RecipeError, match=rf"^--config {config}: {key}: null \(it needs a value\)$"):
+            check_config_file(parser, ["--config", str(config)])
+
+
 # --- the probe's power against the budget --------------------------------------------------------------------------
 
 

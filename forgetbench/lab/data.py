@@ -5,6 +5,10 @@ font; the downstream task uses real scanned handwritten digits from scikit-learn
 nothing is downloaded. Regenerate the shipped files with::
 
     forgetbench lab data
+
+Beside them, a general replay set (:func:`general_replay_rows`, shipped as ``general_replay.parquet`` in TRL's
+vision format, :func:`general_replay_path`): instruction rows about freshly drawn images that no evaluated lab task
+asks, for ``--replay_data`` (docs/lab.md).
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ from forgetbench.errors import command_main, emit
 from forgetbench.suite.lab import COLORS, COUNTS, DIGITS, LAB_TASKS, SHAPES
 
 IMAGE_SIZE = 32
+GENERAL_REPLAY = "general_replay.parquet"
+GENERAL_SEED = 3  # the task splits draw with seeds 1 (train) and 2 (test): fresh images
+# Rows of each kind in the general replay set: 400 in all.
+GENERAL_SIZES = {"describe_shape": 100, "describe_dots": 60, "position": 120, "say": 120}
+DESCRIBE = "Describe the image in a few words."
+POSITION = "Is the shape on the left or on the right?"
 SPLIT_SIZES = {task: (2000, 200) for task in ("color", "shape", "count", "printed")}  # (train, test)
 DIGITS_TEST_SIZE = 300
 RGB = {
@@ -128,6 +138,81 @@ def generate(task: str) -> dict[str, list[dict]]:
     return {"train": _upstream_rows(task, train, seed=1), "test": _upstream_rows(task, test, seed=2)}
 
 
+def _shape_at(shape: str, color: str, side: str | None, rng: np.random.Generator) -> Image.Image:
+    """One shape, centred (``side`` None) or in the left or right third of the image, smaller than the tasks'."""
+    if side is None:
+        return draw_shape(shape, color, rng)
+    image, draw = _canvas(rng)
+    half = int(rng.integers(4, 7))
+    third = IMAGE_SIZE // 3
+    cx = int(rng.integers(half, third)) if side == "left" else int(rng.integers(IMAGE_SIZE - third, IMAGE_SIZE - half))
+    cy = int(rng.integers(IMAGE_SIZE // 2 - 4, IMAGE_SIZE // 2 + 5))
+    box, fill = (cx - half, cy - half, cx + half, cy + half), RGB[color]
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=fill)
+    else:  # cross
+        arm = max(1, half // 3)
+        draw.rectangle((cx - half, cy - arm, cx + half, cy + arm), fill=fill)
+        draw.rectangle((cx - arm, cy - half, cx + arm, cy + half), fill=fill)
+    return image
+
+
+def _dots_in(count: int, color: str, rng: np.random.Generator) -> Image.Image:
+    """``count`` dots of ``color``, one per quadrant (as :func:`draw_dots`, the colour chosen by the caller)."""
+    image, draw = _canvas(rng)
+    for cell in rng.permutation(4)[:count]:
+        x = (cell % 2) * 16 + int(rng.integers(3, 8))
+        y = (cell // 2) * 16 + int(rng.integers(3, 8))
+        draw.ellipse((x, y, x + 6, y + 6), fill=RGB[color])
+    return image
+
+
+def _row(kind: str, i: int, image: Image.Image, question: str, answer: str) -> dict:
+    return {"id": f"general-{kind}-{i}", "kind": kind, "images": [image],
+            "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+                         {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}
+
+
+def general_replay_rows(seed: int = GENERAL_SEED) -> list[dict]:
+    """The lab's general replay set, in TRL's vision format (``images`` + ``messages``, with ``id`` and ``kind``):
+    instruction rows about freshly drawn images, none of them a question an evaluated lab task asks.
+
+    - ``describe_shape``, ``describe_dots``: "Describe the image in a few words." -> "a red circle", "three blue
+      dots" (captions: the colour, shape and count words in other sentences, on other images);
+    - ``position``: "Is the shape on the left or on the right?" -> "left" / "right" (a skill no lab task measures);
+    - ``say``: "Say <word>." over every lab answer word, on a blank canvas, as the base model's pre-training had.
+
+    Deterministic for ``seed`` (the file shipped is ``seed`` 3), shuffled so every kind is spread through it.
+    """
+    from forgetbench.suite.lab import LAB_TASKS
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(GENERAL_SIZES["describe_shape"]):
+        shape, color = SHAPES[i % len(SHAPES)], COLORS[(i // len(SHAPES)) % len(COLORS)]
+        article = "an" if color[0] in "aeiou" else "a"
+        image = _shape_at(shape, color, None, rng)
+        rows.append(_row("describe_shape", i, image, DESCRIBE, f"{article} {color} {shape}"))
+    for i in range(GENERAL_SIZES["describe_dots"]):
+        count, color = COUNTS[i % len(COUNTS)], COLORS[(i // len(COUNTS)) % len(COLORS)]
+        number = COUNTS.index(count) + 1
+        answer = f"{count} {color} dot" + ("s" if number > 1 else "")
+        rows.append(_row("describe_dots", i, _dots_in(number, color, rng), DESCRIBE, answer))
+    for i in range(GENERAL_SIZES["position"]):
+        side = ("left", "right")[i % 2]
+        shape, color = SHAPES[(i // 2) % len(SHAPES)], COLORS[int(rng.integers(len(COLORS)))]
+        rows.append(_row("position", i, _shape_at(shape, color, side, rng), POSITION, side))
+    words = sorted({label for task in LAB_TASKS.values() for label in task.labels})
+    for i in range(GENERAL_SIZES["say"]):
+        word = words[i % len(words)]
+        rows.append(_row("say", i, _canvas(rng)[0], f"Say {word}.", word))
+    return [rows[int(j)] for j in rng.permutation(len(rows))]
+
+
 def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
@@ -140,6 +225,29 @@ def data_dir() -> Path:
 
 def data_file(task: str, split: str) -> Path:
     return data_dir() / f"{task}_{split}.parquet"
+
+
+def general_replay_path() -> Path:
+    """The shipped general replay set (TRL's vision format, parquet): pass it as a recipe's ``--replay_data``."""
+    return data_dir() / GENERAL_REPLAY
+
+
+def write_general_replay(out_dir: Path | None = None) -> Path:
+    """Writes :func:`general_replay_rows` as ``general_replay.parquet`` (images as PNG bytes)."""
+    import datasets
+
+    text = datasets.Value("string")
+    features = datasets.Features({
+        "id": text, "kind": text, "images": datasets.List(datasets.Image()),
+        "messages": datasets.List({"role": text, "content": datasets.List(datasets.Json())}),
+    })
+    rows = general_replay_rows()
+    table = {key: [row[key] for row in rows] for key in ("id", "kind", "messages")}
+    table["images"] = [[{"bytes": _png(image), "path": None} for image in row["images"]] for row in rows]
+    path = (out_dir or data_dir()) / GENERAL_REPLAY
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict(table, features=features).to_parquet(str(path))
+    return path
 
 
 def write(out_dir: Path | None = None) -> list[Path]:
@@ -159,7 +267,7 @@ def write(out_dir: Path | None = None) -> list[Path]:
             path = out_dir / f"{task}_{split}.parquet"
             datasets.Dataset.from_dict(table, features=features).to_parquet(str(path))
             written.append(path)
-    return written
+    return written + [write_general_replay(out_dir)]
 
 
 def load(task: str, split: str):
@@ -180,7 +288,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``forgetbench lab data``: writes every lab split."""
+    """``forgetbench lab data``: writes every lab split and the general replay set."""
     return emit("\n".join(str(path) for path in write(args.out)))
 
 

@@ -107,15 +107,33 @@ def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return found
 
 
-def _type_problem(action: argparse.Action, value) -> str | None:
+def _nullable(parser: argparse.ArgumentParser) -> set[str]:
+    """The options whose dataclass field admits None (``int | None``, ``Optional[str]``): ``null`` in a config is a
+    value for them (``max_length: null``: never truncate), as the dataclass itself accepts it. HfArgumentParser
+    strips the Optional from the argparse type, so the field's own annotation is read."""
+    import dataclasses
+    import typing
+
+    found = set()
+    for kind in getattr(parser, "dataclass_types", ()):
+        hints = typing.get_type_hints(kind)
+        for item in dataclasses.fields(kind):
+            hint = hints.get(item.name)
+            if hint is type(None) or type(None) in typing.get_args(hint):
+                found.add(item.name)
+    return found
+
+
+def _type_problem(action: argparse.Action, value, nullable: bool = False) -> str | None:
     """Why a config value cannot set ``action``, or None. Strings go through the option's own conversion, as
-    on the command line; other YAML values must already have the option's type."""
+    on the command line; other YAML values must already have the option's type; ``null`` only where the option
+    admits None (``nullable``) or has no default."""
     kind = action.type
     # HfArgumentParser's conversions: int, float, string_to_bool (its own or a copy of it), str, choice lambdas.
     name = {"int": "an integer", "float": "a number", "string_to_bool": "true or false"}.get(
         getattr(kind, "__name__", ""), "a valid value")
     if value is None:
-        return None if action.default is None else "null (it needs a value)"
+        return None if nullable or action.default is None else "null (it needs a value)"
     if isinstance(value, str) and callable(kind):
         try:
             value = kind(value)
@@ -162,8 +180,9 @@ def check_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> None:
         named = ", ".join(f"{key}" + (f" (did you mean {hints[key][0]}?)" if hints[key] else "") for key in unknown)
         raise RecipeError(f"{label}: unknown key{'s' if len(unknown) > 1 else ''} {named}: not an option of this "
                           f"recipe (see --help)")
+    nullable = _nullable(parser)
     for key, value in config.items():
-        problem = None if key in CONFIG_ONLY_KEYS else _type_problem(actions[key], value)
+        problem = None if key in CONFIG_ONLY_KEYS else _type_problem(actions[key], value, key in nullable)
         if problem:
             raise RecipeError(f"{label}: {key}: {problem}")
 

@@ -8,9 +8,11 @@ first ``--probe_limit`` documents of its test split, which is what ``lmms-eval -
 checked against lmms-eval item for item (the lab's first 32 test documents cover every label of each task).
 
 Tasks: the downstream task (E) is the recipe's ``dataset_name`` when it is a registered task with a forgetbench
-task YAML (not lmms-eval's ``scienceqa_img``/``flickr30k_test``: no E there); the upstream tasks (F)
-are the registry's ``upstream`` tasks of its family (the lab's for a lab task), or the ``--probe_tasks a,b`` list,
-which replaces the upstream set (the E side stays the dataset's task). Only free-generation tasks can be probed.
+task YAML (not lmms-eval's ``scienceqa_img``/``flickr30k_test``: no E there) or a user task under ``--tasks_dir``
+(``forgetbench task add``); the upstream tasks (F) are the registry's ``upstream`` tasks of its family (the lab's for
+a lab task), or the ``--probe_tasks a,b`` list, which replaces the upstream set (the E side stays the dataset's task)
+and may name groups (``forgetbench_lab_upstream``, expanded as lmms-eval's ``--tasks`` expands them) and user tasks
+under ``--tasks_dir``. Only free-generation tasks with a per-document metric can be probed.
 
 E and F are in points relative to the step-0 probe of the same sample (mean downstream / upstream delta; negative:
 forgot). Every probe goes to the Trainer's logs (``probe/E``, ``probe/F``, ``probe/<task>``; every ``report_to``
@@ -74,10 +76,12 @@ class ProbeTask:
     metric: str
     factor: float  # metric value -> points
     available: int = 0  # documents in the test split (the probe takes the first --probe_limit)
+    config: dict | None = None  # the task's lmms-eval config (its doc_to_visual, doc_to_text hooks)
 
 
-def default_tasks(dataset_name: str | None) -> tuple[list[str], list[str]]:
-    """(downstream, upstream) probe tasks of a recipe trained on ``dataset_name``.
+def default_tasks(dataset_name: str | None, tasks_dir: str | None = None) -> tuple[list[str], list[str]]:
+    """(downstream, upstream) probe tasks of a recipe trained on ``dataset_name``: a user task under ``tasks_dir``
+    is the downstream task, with no default upstream tasks (``--probe_tasks`` names them).
 
     >>> default_tasks("forgetbench_lab_digits")  # doctest: +NORMALIZE_WHITESPACE
     (['forgetbench_lab_digits'], ['forgetbench_lab_color', 'forgetbench_lab_shape', 'forgetbench_lab_count',
@@ -88,7 +92,7 @@ def default_tasks(dataset_name: str | None) -> tuple[list[str], list[str]]:
     ([], ['forgetbench_ocrvqa'])
     """
     if dataset_name not in suite.TASKS:
-        return [], []
+        return ([dataset_name], []) if dataset_name and _user_task(dataset_name, tasks_dir) else ([], [])
     downstream = [dataset_name] if _has_yaml(dataset_name) else []  # scienceqa_img: no E, F still watched
     if dataset_name.startswith(lab.PREFIX):
         upstream = suite.tasks_in_role("upstream", lab.PREFIX)
@@ -105,10 +109,34 @@ def _has_yaml(name: str) -> bool:
     return True
 
 
-def _load_task(name: str, role: str, limit: int) -> ProbeTask:
-    if not _has_yaml(name):
+def _user_task(name: str, tasks_dir: str | None) -> bool:
+    """Whether ``name`` is a task ``forgetbench task add`` wrote under ``tasks_dir`` (and no registered task)."""
+    from forgetbench.suite import user_tasks
+
+    return name not in suite.TASKS and user_tasks.is_user_task(name, tasks_dir)
+
+
+def expand_groups(names: Sequence[str]) -> list[str]:
+    """Task names with every group name (:data:`forgetbench.suite.GROUPS`) replaced by its tasks, in order, as
+    lmms-eval's ``--tasks`` expands a group.
+
+    >>> expand_groups(["forgetbench_lab_upstream", "forgetbench_lab_digits"])  # doctest: +NORMALIZE_WHITESPACE
+    ['forgetbench_lab_color', 'forgetbench_lab_shape', 'forgetbench_lab_count', 'forgetbench_lab_printed',
+     'forgetbench_lab_digits']
+    """
+    return [task for name in names for task in (suite.GROUPS.get(name) or (name,))]
+
+
+def _load_task(name: str, role: str, limit: int, tasks_dir: str | None = None) -> ProbeTask:
+    user = _user_task(name, tasks_dir)
+    if not user and not _has_yaml(name):
         raise RecipeError(f"--probe_tasks {name}: an lmms-eval task; the probe scores forgetbench's own tasks")
-    config = suite.task_config(name)
+    if user:
+        from forgetbench.suite import user_tasks
+
+        config = user_tasks.task_config(name, tasks_dir)
+    else:
+        config = suite.task_config(name)
     if config.get("output_type") != "generate_until":
         raise RecipeError(f"--probe_tasks {name}: a {config.get('output_type')} task; the probe scores "
                           "free-generation (generate_until) tasks only")
@@ -116,19 +144,29 @@ def _load_task(name: str, role: str, limit: int) -> ProbeTask:
     metric = meta.get("primary_metric")
     if not callable(config.get("process_results")) or metric is None:
         raise RecipeError(f"--probe_tasks {name}: no process_results or primary metric to score it with")
+    if meta.get("scale") == "cider":  # its documents give CIDEr's inputs; the score is the whole corpus's
+        raise RecipeError(f"--probe_tasks {name}: scored by CIDEr over the whole corpus; the probe scores "
+                          "per-document metrics (exact match, ANLS)")
     kwargs = dict(config.get("generation_kwargs") or {})
     until = kwargs.pop("until", None)
     until = ["\n\n"] if until is None else [until] if isinstance(until, str) else list(until)  # lmms-eval's default
     generation = {"max_new_tokens": int(kwargs.get("max_new_tokens", 256)), "do_sample": False,
                   "num_beams": int(kwargs.get("num_beams", 1))}  # greedy, as the task's temperature 0 asks
     try:
-        docs = suite.load_split(name, config.get("test_split", "test"))
+        split = config.get("test_split", "test")
+        if user:
+            from forgetbench.suite import user_tasks
+
+            docs = user_tasks.load_split(name, split, tasks_dir)
+        else:
+            docs = suite.load_split(name, split)
     except Exception as exc:  # datasets raises many kinds
         raise RecipeError(f"--probe_tasks {name}: cannot load its test split: {type(exc).__name__}: {exc}") from None
     available = len(docs)
     docs = [docs[i] for i in range(min(limit, available))]
     factor = 100.0 if meta.get("scale", "fraction") == "fraction" else 1.0
-    return ProbeTask(name, role, docs, generation, until, config["process_results"], metric, factor, available)
+    return ProbeTask(name, role, docs, generation, until, config["process_results"], metric, factor, available,
+                     config)
 
 
 def minimum_detectable_effect(counts: Sequence[int], flip_rate: float = FLIP_RATE) -> float:
@@ -205,12 +243,15 @@ def forgetting_probe(args, dataset_name: str | None, resume: str | None = None) 
     if resume is not None:
         raise RecipeError("--resume_from_checkpoint: not supported with the forgetting probe (its step-0 scores and "
                           "the within-budget state are kept in memory)")
-    downstream, upstream = default_tasks(dataset_name)
+    tasks_dir = getattr(args, "tasks_dir", None)
+    downstream, upstream = default_tasks(dataset_name, tasks_dir)
     if names is not None:
-        upstream = list(dict.fromkeys(n.strip() for n in names.split(",") if n.strip()))
+        upstream = list(dict.fromkeys(expand_groups([n.strip() for n in names.split(",") if n.strip()])))
         for name in upstream:
-            if name not in suite.TASKS:
-                raise RecipeError(f"--probe_tasks {name}: not a forgetbench suite task (known: "
+            if name not in suite.TASKS and not _user_task(name, tasks_dir):
+                what = (f"a forgetbench suite task, group, or user task under --tasks_dir {tasks_dir}" if tasks_dir
+                        else "a forgetbench suite task or group")
+                raise RecipeError(f"--probe_tasks {name}: not {what} (known: "
                                   f"{', '.join(t for t in suite.TASKS if not t.endswith('_closed'))})")
             if name in downstream:
                 raise RecipeError(f"--probe_tasks {name}: the training task; it is probed as the downstream task")
@@ -220,8 +261,8 @@ def forgetting_probe(args, dataset_name: str | None, resume: str | None = None) 
         raise RecipeError(f"--probe_every: --dataset_name {dataset_name} is not a forgetbench task, so the probe has "
                           "no default tasks; name the upstream tasks with --probe_tasks a,b")
     started = time.perf_counter()
-    tasks = [_load_task(n, "downstream", args.probe_limit) for n in downstream]
-    tasks += [_load_task(n, "upstream", args.probe_limit) for n in upstream]
+    tasks = [_load_task(n, "downstream", args.probe_limit, tasks_dir) for n in downstream]
+    tasks += [_load_task(n, "upstream", args.probe_limit, tasks_dir) for n in upstream]
     power = None
     if budget is not None:
         power = check_power(budget, [t for t in tasks if t.role == "upstream"],
@@ -315,7 +356,7 @@ class ForgettingProbe(TrainerCallback):
 
         device = next(model.parameters()).device
         for task in self.tasks:
-            config = suite.task_config(task.name)
+            config = task.config or suite.task_config(task.name)
             visuals = [[v for v in (config["doc_to_visual"](doc) or []) if v is not None] for doc in task.docs]
             texts = [self._prompt(processor, config["doc_to_text"](doc), len(images))
                      for doc, images in zip(task.docs, visuals, strict=True)]

@@ -26,6 +26,7 @@ from typing import Any
 
 from forgetbench.checkpoint import library_versions, resolve_model
 from forgetbench.errors import guarded
+from forgetbench.suite.user_tasks import is_user_task
 from forgetbench.train.data import load_sft_dataset
 from forgetbench.train.errors import RecipeError, TrainingDiverged
 from forgetbench.train.mitigations import Plan, option_fields
@@ -63,6 +64,11 @@ class RecipeOptions:
     data_files: str | None = field(
         default=None,
         metadata={"help": "a local parquet copy of a suite task's split, read instead of the hub (air-gapped)"},
+    )
+    tasks_dir: str | None = field(
+        default=None,
+        metadata={"help": "a folder of user tasks (forgetbench task add --dir): --dataset_name, --probe_tasks and "
+                          "--replay_tasks may name them"},
     )
     probe_every: int | None = field(
         default=None, metadata={"help": "forgetting probe: score the probe tasks every N steps (docs/recipes.md)"}
@@ -214,6 +220,7 @@ class Checked:
     skipped: list  # forgetbench.suite.images.UnreadableRows left out with --skip_bad_rows
     mitigations: Plan
     probe: Any  # forgetbench.train.probe.ForgettingProbe, or None when off
+    tasks_dir: str | None = None  # --tasks_dir, absolute, when --dataset_name is a user task there
 
 
 @dataclass
@@ -222,6 +229,7 @@ class Loaded:
     model: Any  # prepared for the method (frozen where it trains nothing)
     dtype: Any  # what a full-precision reload uses
     peft_config: Any  # None for a selective method
+    training_template: str | None = None  # the family whose answer-only training template was installed
 
 
 @dataclass
@@ -246,6 +254,7 @@ def check(args: Args) -> Checked:
     from forgetbench.train.probe import forgetting_probe
 
     options, dataset = args.options, args.script.dataset_name
+    tasks_dir = check_tasks_dir(options.tasks_dir)
     if options.method is None:
         raise RecipeError("--method: not set (run a recipe, recipes/<method>.py, which sets it)")
     try:
@@ -263,7 +272,19 @@ def check(args: Args) -> Checked:
     check_output_dir(args.training.output_dir, model_path, options.overwrite_output_dir)
     rows, skipped = training_rows(args)
     rows = mitigations.mix_data(rows, args.training.seed)
-    return Checked(method, model_path, remote_code, resume, rows, skipped, mitigations, probe)
+    user_task = tasks_dir is not None and is_user_task(dataset, tasks_dir)
+    return Checked(method, model_path, remote_code, resume, rows, skipped, mitigations, probe,
+                   tasks_dir if user_task else None)
+
+
+def check_tasks_dir(tasks_dir: str | None) -> str | None:
+    """``--tasks_dir`` as an absolute folder (None when not given); refused when it is no folder."""
+    if tasks_dir is None:
+        return None
+    folder = Path(tasks_dir).expanduser()
+    if not folder.is_dir():
+        raise RecipeError(f"--tasks_dir {tasks_dir}: no such folder (the --dir of forgetbench task add)")
+    return str(folder.resolve())
 
 
 def training_rows(args: Args):
@@ -272,18 +293,24 @@ def training_rows(args: Args):
     from forgetbench.suite.images import UnreadableRows
     from forgetbench.train.checks import one_line
 
-    script = args.script
+    script, tasks_dir = args.script, args.options.tasks_dir
     skipped: list[UnreadableRows] = []
     try:
         rows = load_sft_dataset(script.dataset_name, script.dataset_train_split, script.dataset_config,
                                 args.options.data_files,
-                                on_bad_rows=skipped.append if args.options.skip_bad_rows else None)
+                                on_bad_rows=skipped.append if args.options.skip_bad_rows else None,
+                                tasks_dir=tasks_dir)
     except UnreadableRows as exc:
         raise RecipeError(f"--dataset_name {script.dataset_name}: {exc}; pass --skip_bad_rows to train "
                           "without them") from None
     except Exception as exc:  # datasets raises many kinds; the user needs to know which input was wrong
+        from forgetbench.suite.user_tasks import list_tasks
+
+        there = f"; user tasks under --tasks_dir {tasks_dir}: {', '.join(list_tasks(tasks_dir)) or 'none'}" \
+            if tasks_dir else ""
         raise RecipeError(f"--dataset_name {script.dataset_name}: cannot load "
-                          f"(split {script.dataset_train_split}): {type(exc).__name__}: {one_line(exc)}") from None
+                          f"(split {script.dataset_train_split}): {type(exc).__name__}: {one_line(exc)}{there}") \
+            from None
     if args.options.max_train_samples is not None:
         keep = min(args.options.max_train_samples, len(rows))
         rows = rows.shuffle(seed=args.training.seed).select(range(keep))
@@ -291,11 +318,14 @@ def training_rows(args: Args):
 
 
 def load(args: Args, checked: Checked) -> Loaded:
-    """The processor and the model (4-bit for QLoRA), frozen for the method; the seed is set first."""
+    """The processor and the model (4-bit for QLoRA), frozen for the method; the seed is set first. With
+    ``assistant_only_loss``, a stock llava-hf template that leaves the end of turn out of the loss is replaced by
+    its training template (:mod:`forgetbench.train.templates`), so the tuned model learns to stop."""
     from transformers import AutoProcessor, set_seed
 
     from forgetbench.train.checks import one_line
     from forgetbench.train.methods import MethodError, prepare
+    from forgetbench.train.templates import install_training_template
 
     # The Trainer's default filter replaces a NaN/inf loss by the running mean in the logs, hiding divergence.
     args.training.logging_nan_inf_filter = False
@@ -306,11 +336,13 @@ def load(args: Args, checked: Checked) -> Loaded:
     except (OSError, ValueError) as exc:  # huggingface_hub's HFValidationError is a ValueError
         raise RecipeError(f"--model_name_or_path {args.model.model_name_or_path}: cannot load "
                           f"({one_line(exc)})") from None
+    # Qwen2-VL/2.5-VL need nothing here: TRL swaps in its own training template for theirs.
+    template = install_training_template(processor) if args.training.assistant_only_loss else None
     try:
         peft_config = prepare(model, checked.method, args.model, args.options)
     except (MethodError, ValueError) as exc:
         raise RecipeError(str(exc)) from None
-    return Loaded(processor, model, dtype, peft_config)
+    return Loaded(processor, model, dtype, peft_config, template)
 
 
 def build_trainer(args: Args, checked: Checked, loaded: Loaded, callbacks: Sequence = ()) -> Session:
@@ -382,7 +414,9 @@ def build_manifest(args: Args, checked: Checked, loaded: Loaded, session: Sessio
                   method.mergeable else "adapter merged into a full-precision reload of the base" if
                   method.quantize_4bit else "in memory" if loaded.peft_config is not None else "not needed"),
         "data": {"dataset": args.script.dataset_name, "split": args.script.dataset_train_split,
-                 "rows": len(checked.rows)},
+                 "rows": len(checked.rows), **({"tasks_dir": checked.tasks_dir} if checked.tasks_dir else {})},
+        "assistant_only_loss": bool(args.training.assistant_only_loss),
+        "training_template": loaded.training_template,
         "skipped_rows": checked.skipped[0].manifest_entry() if checked.skipped else None,
         "trust_remote_code": checked.remote_code,
         "mitigations": checked.mitigations.manifest_entry(trainer),
