@@ -185,6 +185,7 @@ def test_installed_lmms_eval_version_is_refused_and_recorded_string_is_not(lab_r
     recorded lmms_eval_version (branch@commit of the repository around site-packages) that differs alone pairs."""
     post = variant(lab_runs["greedy"], tmp_path / "post", _set("lmms_eval_version", value="main@0123abcd"))
     assert compare(lab_runs["greedy"], post) == 0
+    capsys.readouterr()
     sidecar = post / "unscorable.json"
     data = json.loads(sidecar.read_text())
     installed = data["versions"]["lmms-eval"]
