@@ -300,7 +300,8 @@ def compare_method(pre: dict, pre_label: str, name: str, post_path: str | Path, 
                   trainable_parameters=manifest.get("trainable_parameters") if manifest else None,
                   manifest={k: manifest.get(k) for k in MANIFEST_KEYS} if manifest else None,
                   probe=probe_curve(manifest),
-                  pairing={"mismatches": [m.message for m in pair.mismatches], "dropped": pair.dropped})
+                  pairing={"mismatches": [m.message for m in pair.mismatches], "dropped": pair.dropped,
+                           **(pairing.version_notes(pre, pair.post) or {})})
     return report, pair.forgotten, pair.learned
 
 
