@@ -371,7 +371,8 @@ def test_a_hub_model_is_keyed_by_its_revision_and_revision_pins_the_snapshot(hub
 
     repo, first, second = hub_cache
     plans = {sha: study.plan_from_args(_args("--out", str(tmp_path / "s"), "--model", "org/tiny", "--revision", sha,
-                                             "--methods", "lora")) for sha in (first, second)}
+                                             "--methods", "lora", "--downstream", "forgetbench_lab_digits"))
+             for sha in (first, second)}
     assert plans[first].revision == first and plans[first].signature()["revision"] == first  # recorded
     assert plans[first].arms[0].config.endswith("recipes/configs/qwen2-vl-2b/lora.yaml")  # its snapshot's config
     assert study.model_location("org/tiny", first) == str(repo / "snapshots" / first)

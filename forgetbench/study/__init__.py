@@ -20,6 +20,7 @@ The parts: :mod:`~forgetbench.study.plan` (what the study is, from the command l
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -71,7 +72,14 @@ def study(args) -> dict:
         raise StudyError(f"--config {args.config}: slurm settings for arms the study does not have: "
                          f"{', '.join(sorted(unknown))}")
     args._slurm = (study_slurm, arm_slurm)
+    args.cache_dir = planned.cache_dir  # as the plan resolved it (a study YAML's cache_dir:)
     location = model_location(plan.model, plan.revision)
+    if getattr(args, "dry_run", False):  # the plan, before anything is spent: nothing written, no cache touched
+        from forgetbench.study.steps import describe, render_plan
+
+        described = describe(plan, location, cache_root(args.cache_dir))
+        print(json.dumps(described) if getattr(args, "json", False) else render_plan(described), flush=True)
+        return described
     out = args.out.resolve()
     check_out(out, args.overwrite)  # before the lock: nothing is written into a folder that is not the study's
     out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +139,8 @@ def _run_study(args, plan: Plan, location: str, state: State) -> dict:
 
     start = time.perf_counter()
     try:
-        comparison = compare.compare_runs(out / "eval" / "pre", points, list(plan.downstream), list(plan.upstream))
+        comparison = compare.compare_runs(out / "eval" / "pre", points, list(plan.downstream), list(plan.upstream),
+                                          compare.CompareOptions(budget=plan.budget))
         comparison.write(out=out)
     except compare.CompareError as exc:
         raise StudyError(f"compare refused the runs: {exc}") from None

@@ -87,7 +87,23 @@ def baseline_key(plan: Plan, location: str | None = None) -> str:
            "versions": versions}
     if plan.backend_args:  # absent for the default backend: the keys of existing caches stay what they were
         key["backend_args"] = list(plan.backend_args)
+    if getattr(plan, "tasks_dir", None):  # user tasks: their definitions and data, as forgetbench's own above
+        root = Path(plan.tasks_dir)
+        key["user_task_files"] = sorted((str(p.relative_to(root)), hashlib.sha256(p.read_bytes()).hexdigest())
+                                        for p in root.rglob("*") if p.is_file() and p.suffix != ".pyc"
+                                        and not any(part.startswith(".") for part in p.relative_to(root).parts))
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def cache_entry_done(cache: Path, key: str) -> bool:
+    """Whether the cache holds a finished entry for ``key`` whose files match its DONE (what the study would
+    reuse). Reads only: no lock is taken, nothing is written (``--dry-run``)."""
+    done_file = cache / key / "DONE"
+    try:
+        done = json.loads(done_file.read_text()) if done_file.is_file() else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(done, dict) and mismatch(cache / key, done) is None
 
 
 def _checksums(folder: Path) -> dict[str, dict]:
