@@ -52,7 +52,10 @@ def _compare_launchers(tmp_path: Path, args: list[str]) -> None:
                                 tmp_path)
     print(f"\nwall time: sequential {seq_seconds:.0f} s, --launcher local --max-parallel 2 {local_seconds:.0f} s "
           "(the local one reused the cached baseline)")
-    assert _efo(tmp_path / "local") == pytest.approx(_efo(tmp_path / "sequential"))
+    local_efo, sequential_efo = _efo(tmp_path / "local"), _efo(tmp_path / "sequential")
+    assert local_efo.keys() == sequential_efo.keys()
+    for arm, efo in sequential_efo.items():
+        assert local_efo[arm] == pytest.approx(efo), arm
     state = json.loads((tmp_path / "local" / "study.json").read_text())
     arms = list(_efo(tmp_path / "sequential"))
     for step in ("baseline", *(f"{kind}/{arm}" for arm in arms for kind in ("train", "eval"))):
