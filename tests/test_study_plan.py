@@ -229,12 +229,10 @@ def test_a_small_lab_study_with_a_checkpoint_tuned_elsewhere(tmp_path):
     assert state["signature"]["arms"][0]["train_dataset"] == "forgetbench_lab_digits"
     assert state["signature"]["budget"] == 5.0
     assert "--dataset_name" in state["steps"]["train/lora"]["command"]
-    report = json.loads((out / "compare.json").read_text())
-    assert report["budget"] == 5.0 if "budget" in report else True
     adapter = out / "arms" / "lora" / "adapter"
     if (adapter / "adapter_config.json").is_file():
         out2 = tmp_path / "o2"
-        done = subprocess.run(command[:3] + ["--checkpoint", f"ext={adapter}", "--allow-lineage-mismatch", "--limit",
+        done = subprocess.run(command[:4] + ["--checkpoint", f"ext={adapter}", "--allow-lineage-mismatch", "--limit",
                                              "4", "--upstream", "forgetbench_lab_color", "--out", str(out2),
                                              "--cache-dir", str(tmp_path / "cache")],
                               cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
