@@ -147,14 +147,16 @@ def _number(value, digits: int = 1, sign: bool = True) -> str:
 def render_html(report: Mapping, forgotten: Sequence[Mapping] = (), learned: Sequence[Mapping] = (), *,
                 title: str | None = None, scope: str | None = None,
                 thumbnail: Callable[[str, int], str | None] | None = None, kinds: Sequence[Mapping] = (),
-                judgements: Sequence[str] = (), provenance: str | None = None) -> str:
+                judgements: Sequence[str] = (), provenance: str | None = None,
+                notes: Mapping[str, Sequence[str]] | None = None) -> str:
     """The report of compare.json's ``report`` as one HTML page.
 
     ``title`` (default "forgetbench compare: PRE") names the page; ``scope`` is one line under the recommendation
     (default: the tasks of each role). A caller adds: ``thumbnail(task, doc_id)`` (a data URL, e.g. from its own
     copy of the documents), ``kinds`` with their ``judgements`` (answer kinds before and after each arm, shown as
     changes) and ``provenance``: HTML it rendered itself, escaped (a :class:`markupsafe.Markup`, or it is escaped
-    here), placed in the provenance section.
+    here), placed in the provenance section; ``notes``: per arm, plain-text lines shown under its headline (the
+    study's: "tuned elsewhere ...", what it trained on, replay that flatters F), escaped like every value.
     """
     from jinja2 import Environment, PackageLoader
     from markupsafe import Markup
@@ -187,5 +189,6 @@ def render_html(report: Mapping, forgotten: Sequence[Mapping] = (), learned: Seq
         kinds=kind_changes(kinds, judgements) if kinds else [], judgements=list(judgements),
         samples=shown_samples(forgotten, learned, report.get("pre"), thumbnail),
         pre=report.get("pre"), posts={name: m.get("post") for name, m in methods.items()},
+        notes={name: list((notes or {}).get(name) or ()) for name in methods},
         provenance=provenance if isinstance(provenance, Markup) or provenance is None else Markup.escape(provenance),
         number=_number)

@@ -86,6 +86,60 @@ def answer_kinds(eval_dir: Path, task: str, labels: tuple[str, ...], downstream_
     return {kind: counts.get(kind, 0) for kind in (*scoring.JUDGEMENTS, DOWNSTREAM_LABEL)}
 
 
+def elsewhere_words(elsewhere: dict | None) -> str:
+    """What is known of a checkpoint tuned elsewhere, in words.
+
+    >>> elsewhere_words({"kind": "adapter", "adapter_type": "LORA", "base": "/m"})
+    'tuned elsewhere: a PEFT adapter (LORA) over /m'
+    >>> elsewhere_words({"kind": "merged", "architectures": ["Qwen2VLForConditionalGeneration"]})
+    'tuned elsewhere: a merged model (Qwen2VLForConditionalGeneration)'
+    """
+    info = elsewhere or {}
+    if info.get("kind") == "adapter":
+        words = (f"tuned elsewhere: a PEFT adapter ({info.get('adapter_type') or 'type unknown'}) over "
+                 f"{info.get('base') or 'an unnamed base'}")
+    elif info.get("kind") == "merged":
+        words = f"tuned elsewhere: a merged model ({', '.join(info.get('architectures') or ['?'])})"
+    else:
+        words = "tuned elsewhere"
+    if info.get("lineage_mismatch"):
+        words += f"; evaluated despite a lineage mismatch (--allow-lineage-mismatch): {info['lineage_mismatch']}"
+    return words
+
+
+def replayed_evaluated(manifest: dict, plan) -> tuple[list[str], list[str]]:
+    """The evaluated tasks whose train split an arm replayed (its manifest's ``mitigations.replay``), as
+    (upstream, downstream)."""
+    replay = ((manifest or {}).get("mitigations") or {}).get("replay") or {}
+    replayed = replay.get("evaluated_tasks_replayed") or replay.get("tasks") or []
+    return ([t for t in plan.upstream if t in replayed], [t for t in plan.downstream if t in replayed])
+
+
+def arm_notes(plan, manifests: dict[str, dict], points: list[str]) -> dict[str, list[str]]:
+    """What the page says next to each compared point, in words: a checkpoint tuned elsewhere (what is known of
+    it), training data that is not the downstream task's train split, and replay of an evaluated task's train split
+    (F on it is flattered). A point ``ARM@wise-A`` inherits its arm's notes."""
+    by_arm: dict[str, list[str]] = {}
+    for arm in plan.arms:
+        notes = []
+        if getattr(arm, "tuned_elsewhere", False):
+            notes.append(elsewhere_words(arm.elsewhere))
+            if arm.checkpoint:
+                notes.append(f"checkpoint {arm.checkpoint}; not trained by this study")
+        else:
+            if arm.train_dataset is not None and arm.train_dataset not in plan.downstream:
+                notes.append(f"trained on {arm.train_dataset_note or arm.train_dataset}")
+            upstream, downstream = replayed_evaluated(manifests.get(arm.name) or {}, plan)
+            if upstream:
+                notes.append(f"replays the train split of {', '.join(upstream)}, which also "
+                             f"{'measures' if len(upstream) == 1 else 'measure'} F: F is flattered (the arm "
+                             "rehearsed data from the very tasks its forgetting is measured on)")
+            if downstream:
+                notes.append(f"replays the train split of {', '.join(downstream)}, the downstream task itself")
+        by_arm[arm.name] = notes
+    return {point: by_arm.get(point.split("@", 1)[0], []) for point in points}
+
+
 def write_report(out: Path, plan, state: dict, comparison, points: list[str]) -> Path:
     """``points``: the compared checkpoints in order (each arm, then its WiSE-FT alphas), named as in compare."""
     from jinja2 import Environment, PackageLoader
@@ -104,17 +158,21 @@ def write_report(out: Path, plan, state: dict, comparison, points: list[str]) ->
             drift = tuned_on if task in plan.upstream else ()
             kinds.append({"task": task, "pre": answer_kinds(out / "eval" / "pre", task, labels, drift),
                           "arms": {name: answer_kinds(out / "eval" / name, task, labels, drift) for name in points}})
-    manifests = {arm.name: read_manifest(out / "arms" / arm.name) or {} for arm in plan.arms}
+    # A checkpoint tuned elsewhere has no arms/<name> folder (nor a forgetbench manifest): {} stands for it.
+    manifests = {arm.name: ({} if getattr(arm, "tuned_elsewhere", False) else read_manifest(out / "arms" / arm.name)
+                            or {}) for arm in plan.arms}
+    notes = arm_notes(plan, manifests, points)
     # Every value is escaped: answers, questions and names come from models, data and users. (select_autoescape()
     # escapes by file extension, and "report.html.j2" ends in .j2: it escaped nothing.)
     env = Environment(loader=PackageLoader("forgetbench.study", "templates"), autoescape=True)
     provenance = Markup(env.get_template("report.html.j2").render(  # autoescaped above: safe to place as markup
-        plan=plan, manifests=manifests, steps=state["steps"], versions=library_versions()))
+        plan=plan, arms={arm.name: arm for arm in plan.arms}, manifests=manifests, notes=notes, steps=state["steps"],
+        versions=library_versions()))
     html = render_html(report, comparison.forgotten, list(getattr(comparison, "learned", []) or []),
                        title=f"forgetbench study: {plan.model}",
                        scope=f"Downstream (E): {', '.join(plan.downstream)}. Upstream (F): {', '.join(plan.upstream)}.",
                        thumbnail=thumbnail, kinds=kinds, judgements=(*scoring.JUDGEMENTS, DOWNSTREAM_LABEL),
-                       provenance=provenance)
+                       provenance=provenance, notes=notes)
     path = out / "report.html"
     write_all_atomic({path: html.encode()})
     return path
