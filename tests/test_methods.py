@@ -1,9 +1,10 @@
 """Every method x architecture: the exact set of trainable parameter names, and that two optimizer steps change
 exactly those parameters and nothing else.
 
-Which methods there are comes from the table, forgetbench.train.methods.METHODS; what each trains does not: the
-expected names are written here from literal module paths (read off models instantiated with transformers 5), not
-computed by forgetbench.train.methods / forgetbench.train.architectures, the code under test.
+Which methods there are comes from the table, forgetbench.train.methods.METHODS, and which architectures from the
+tiny builders (forgetbench.lab.tiny); what each trains does not: the expected names are written from literal module
+paths (read off models instantiated with transformers 5: tiny.PARTS), not computed by forgetbench.train.methods /
+forgetbench.train.architectures, the code under test.
 """
 
 from __future__ import annotations
@@ -27,23 +28,8 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
-_LLAVA_VISION = (r"model\.vision_tower",)
-_QWEN_VISION = (r"model\.visual\.patch_embed", r"model\.visual\.blocks\.\d+")  # merger (the projector) excluded
-SPEC = {
-    # vision / projector: module paths (regex); layers: decoder layer count; extra: the LLM's parts beyond
-    # embed_tokens, layers, norm and lm_head; unused_vision: vision parameters that get no gradient because the
-    # features are read from an earlier layer (trainable with --tune_vision_tower, yet never moved).
-    "lab": dict(vision=_LLAVA_VISION, projector=(r"model\.multi_modal_projector",), layers=4, extra=(),
-                unused_vision=r"model\.vision_tower\.post_layernorm\."),
-    "llava-1.5": dict(vision=_LLAVA_VISION, projector=(r"model\.multi_modal_projector",), layers=3, extra=(),
-                      unused_vision=r"model\.vision_tower\.(post_layernorm|encoder\.layers\.1)\."),
-    "llava-onevision": dict(vision=_LLAVA_VISION, projector=(r"model\.multi_modal_projector",), layers=3,
-                            extra=(r"model\.image_newline",), unused_vision=r"model\.vision_tower\.post_layernorm\."),
-    "qwen2-vl": dict(vision=_QWEN_VISION, projector=(r"model\.visual\.merger",), layers=3, extra=(),
-                     unused_vision=None),
-    "qwen2.5-vl": dict(vision=_QWEN_VISION, projector=(r"model\.visual\.merger",), layers=3, extra=(),
-                       unused_vision=None),
-}
+# Every tiny architecture but the real-size ones, with its parts written out by hand next to its builder.
+SPEC = tiny.PARTS
 LLM_LINEAR = r"model\.language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
 IA3_LINEAR = r"model\.language_model\.layers\.\d+\.(self_attn\.[kv]_proj|mlp\.down_proj)"
 LLM_NORMS = r"model\.language_model\.(layers\.\d+\.(input|post_attention)_layernorm|norm)"
@@ -89,6 +75,11 @@ def expected_trainable(arch: str, method: str, base_names: list[str], projector=
 def expected_unused(arch: str, names: set[str]) -> set[str]:
     unused = SPEC[arch]["unused_vision"]
     return {n for n in names if unused and re.search(unused, n.replace(".modules_to_save.default", ""))}
+
+
+def test_every_tiny_architecture_has_its_parts_written_out():
+    """A new family's tiny builder without its parts would be left out of every case below."""
+    assert set(SPEC) == set(tiny.BUILDERS) - {"llava_onevision_0.5b"}  # the one real-size build (GPU benchmark)
 
 
 OPTIONS = dict(tune_projector=False, tune_vision_tower=False, top_k=2, num_virtual_tokens=4)

@@ -98,8 +98,6 @@ def test_each_config_folder_is_picked_by_a_model_type_or_the_lab_alias():
     picked = {model: configs.config_folder_for(entry.get("model_type"), alias=entry.get("alias"))
               for model, entry in SOURCES["models"].items()}
     assert picked == {model: model for model in MODELS}
-    assert {entry.get("model_type") or entry.get("alias") for entry in SOURCES["models"].values()} == {
-        "forgetbench-lab", "llava", "llava_onevision", "qwen2_vl", "qwen2_5_vl"}
     assert configs.config_folder_for("llava") == "llava-1.5-7b" and configs.config_folder_for("mllama") is None
     for path in ROOT.glob("*/*.yaml"):
         assert not {"model_type", "alias"} & set(yaml.safe_load(path.read_text())), path

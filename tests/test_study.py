@@ -295,15 +295,17 @@ def test_the_recipe_configs_follow_the_models_config_not_its_name(tmp_path):
     folder = tmp_path / "my-llava-1.5-finetune"  # a name that would once have picked llava-1.5-7b
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
-    plan = _plan("--model", str(folder), "--methods", "lora")
+    plan = _plan("--model", str(folder), "--methods", "lora", "--downstream", "forgetbench_lab_digits")
     assert plan.arms[0].config == str(REPO / "recipes" / "configs" / "qwen2-vl-2b" / "lora.yaml")
     (folder / "config.json").write_text(json.dumps({"model_type": "mllama"}))
     with pytest.raises(StudyError) as unknown:
         config_family(str(folder))
+    from forgetbench.train.configs import load_sources
+
+    known = ", ".join(e["model_type"] for e in load_sources()["models"].values() if "model_type" in e)
     assert str(unknown.value) == (
-        f"--model {folder}: no recipe configs for model_type mllama (known: llava, llava_onevision, qwen2_vl, "
-        "qwen2_5_vl); pass each arm's recipe config in a study YAML (--config study.yaml; arms: NAME: {recipe, "
-        "config})")
+        f"--model {folder}: no recipe configs for model_type mllama (known: {known}); pass each arm's recipe "
+        "config in a study YAML (--config study.yaml; arms: NAME: {recipe, config})")
 
 
 def test_a_hub_model_whose_config_cannot_be_read_is_refused_in_one_line_unless_the_arms_name_configs(tmp_path):

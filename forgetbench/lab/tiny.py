@@ -93,6 +93,26 @@ BUILDERS = {
     "llava_onevision_0.5b": lambda: _onevision(ONEVISION_0_5B_TEXT, ONEVISION_0_5B_VISION),
 }
 
+_LLAVA_VISION = (r"model\.vision_tower",)
+_QWEN_VISION = (r"model\.visual\.patch_embed", r"model\.visual\.blocks\.\d+")  # merger (the projector) excluded
+# What each tiny model's parts are, written out by hand from models instantiated with transformers 5 (not derived from
+# forgetbench/train/architectures.py, which tests/test_methods.py checks against these): vision / projector: module
+# paths (regex); layers: decoder layer count; extra: the LLM's parts beyond embed_tokens, layers, norm and lm_head;
+# unused_vision: vision parameters that get no gradient because the features are read from an earlier layer. A new
+# family's tiny builder and its row here are what the method x architecture tests need.
+PARTS = {
+    "lab": dict(vision=_LLAVA_VISION, projector=(r"model\.multi_modal_projector",), layers=4, extra=(),
+                unused_vision=r"model\.vision_tower\.post_layernorm\."),
+    "llava-1.5": dict(vision=_LLAVA_VISION, projector=(r"model\.multi_modal_projector",), layers=3, extra=(),
+                      unused_vision=r"model\.vision_tower\.(post_layernorm|encoder\.layers\.1)\."),
+    "llava-onevision": dict(vision=_LLAVA_VISION, projector=(r"model\.multi_modal_projector",), layers=3,
+                            extra=(r"model\.image_newline",), unused_vision=r"model\.vision_tower\.post_layernorm\."),
+    "qwen2-vl": dict(vision=_QWEN_VISION, projector=(r"model\.visual\.merger",), layers=3, extra=(),
+                     unused_vision=None),
+    "qwen2.5-vl": dict(vision=_QWEN_VISION, projector=(r"model\.visual\.merger",), layers=3, extra=(),
+                       unused_vision=None),
+}
+
 
 def build(name: str, seed: int = 0):
     """A random-init model (or the lab base model) by name; see :data:`BUILDERS`."""

@@ -90,6 +90,11 @@ def _rate(table: dict, profile: str, method: str, family: str):
     raise KeyError(f"methods.yml learning_rate.{profile}: no entry for {method} or its family {family}")
 
 
+def _method_config(table: dict, method: str, family: str) -> dict | None:
+    """A method's own keys, else its family's (a new LoRA-like method takes LoRA's rank, alpha and dropout)."""
+    return table.get(method, table.get(family))
+
+
 def compose(model: str, method: str, sources: dict | None = None) -> tuple[dict, dict, list[str]]:
     """The config of ``model`` x ``method``: its values (in file order), their inline comments, and the header
     paragraphs that follow the launch command."""
@@ -109,7 +114,7 @@ def compose(model: str, method: str, sources: dict | None = None) -> tuple[dict,
     values: dict = {}
     comments: dict = {}
     for layer in (defaults["every"], profile.get("config"), entry.get("config"),
-                  methods["config"].get(method), {"learning_rate": rate}):
+                  _method_config(methods["config"], method, spec.family), {"learning_rate": rate}):
         layer_values, layer_comments = _split(layer)
         values.update(layer_values)
         comments.update(layer_comments)
@@ -190,7 +195,8 @@ def check_sources(sources: dict) -> None:
     from forgetbench.train.methods import FAMILIES
 
     methods, profiles = sources["methods"], sources["defaults"]["profiles"]
-    unknown = [f"methods.yml config: {name}" for name in methods["config"] if name not in _methods()]
+    unknown = [f"methods.yml config: {name}" for name in methods["config"]
+               if name not in _methods() and name not in FAMILIES]
     for table in ("learning_rate", "learning_rate_notes"):
         for profile, rates in methods.get(table, {}).items():
             unknown += [f"methods.yml {table}: profile {profile}"] if profile not in profiles else []
