@@ -111,8 +111,10 @@ def replayed_evaluated(manifest: dict, plan) -> tuple[list[str], list[str]]:
     """The evaluated tasks whose train split an arm replayed (its manifest's ``mitigations.replay``), as
     (upstream, downstream)."""
     replay = ((manifest or {}).get("mitigations") or {}).get("replay") or {}
-    replayed = replay.get("evaluated_tasks_replayed") or replay.get("tasks") or []
-    return ([t for t in plan.upstream if t in replayed], [t for t in plan.downstream if t in replayed])
+    replayed = {t.removesuffix("_closed") for t in replay.get("evaluated_tasks_replayed") or replay.get("tasks") or []}
+    # a task's _closed variant asks the same documents: replaying either's train split flatters both
+    return ([t for t in plan.upstream if t.removesuffix("_closed") in replayed],
+            [t for t in plan.downstream if t.removesuffix("_closed") in replayed])
 
 
 def arm_notes(plan, manifests: dict[str, dict], points: list[str]) -> dict[str, list[str]]:
