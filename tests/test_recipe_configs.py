@@ -77,7 +77,8 @@ def test_config_says_what_the_sources_say(model, method):
     text = (ROOT / model / f"{method}.yaml").read_text()
     config = yaml.safe_load(text)
     rates = SOURCES["methods"]["learning_rate"][entry["profile"]]
-    own = {key: _value(v) for key, v in SOURCES["methods"]["config"].get(method, {}).items()}
+    table = SOURCES["methods"]["config"]
+    own = {key: _value(v) for key, v in table.get(method, table.get(spec.family, {})).items()}  # else its family's
     every_methods_keys = {key for keys in SOURCES["methods"]["config"].values() for key in keys}
 
     assert config["model_name_or_path"] == _value(entry["config"]["model_name_or_path"])
