@@ -23,7 +23,7 @@ from forgetbench.compare.report import (
     check_outputs,
     compare_runs,
 )
-from forgetbench.errors import command_main, emit, guarded
+from forgetbench.errors import command_main, emit
 
 PROG = "forgetbench compare"
 
@@ -95,16 +95,14 @@ def comparison_of(args: argparse.Namespace) -> Comparison:
     return compare_runs(args.pre, posts, downstream, upstream, options)
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """``forgetbench compare``: 0, or 1 when stdout was closed early; a refusal raises (``main`` and the
+    ``forgetbench`` command print it as one line, exit 2)."""
     comparison = comparison_of(args)
     comparison.write(*(Path(p) if p is not None else None
                        for p in (args.out, args.json_path, getattr(args, "html_path", None))))
     return emit(comparison.table(args.relative))
 
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``forgetbench compare``; returns the exit code (0 ok, 2 refused, 1 stdout closed early)."""
-    return guarded(PROG, lambda: _run(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -722,7 +722,9 @@ def report_of(args: argparse.Namespace) -> dict:
                         allow_mismatch=args.allow_mismatch)
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """``forgetbench power``: 0, or 1 when stdout was closed early; a refusal raises (``main`` and the
+    ``forgetbench`` command print it as one line, exit 2)."""
     from forgetbench.outputs import json_bytes, write_all_atomic
 
     report = report_of(args)
@@ -735,12 +737,6 @@ def _run(args: argparse.Namespace) -> int:
 
     return emit(format_report(report))
 
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``forgetbench power``; returns the exit code (0 ok, 2 refused, 1 stdout closed early)."""
-    from forgetbench.errors import guarded
-
-    return guarded(PROG, lambda: _run(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from forgetbench.compare import cli, pairing, render, scores, stats
 from forgetbench.compare.errors import CompareError
 from forgetbench.compare.report import check_choice, check_outputs
 from forgetbench.compare.runs import load_manifest, load_run, pretrained
-from forgetbench.errors import command_main, emit, guarded
+from forgetbench.errors import command_main, emit
 
 PROG = "forgetbench stages"
 SCHEMA = "forgetbench.stages/1"
@@ -219,16 +219,14 @@ def _stages(args: argparse.Namespace) -> dict:
     return compare_stages(list(zip(tasks, dirs, strict=True)), metrics, scales, args.allow_lineage_mismatch)
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """``forgetbench stages``: 0, or 1 when stdout was closed early; a refusal raises (``main`` and the
+    ``forgetbench`` command print it as one line, exit 2)."""
     report = _stages(args)
     out = Path(args.out) if args.out else None
     render.write_files(render_files(report, out, Path(args.json_path) if args.json_path else None), out)
     return emit(format_table(report))
 
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``forgetbench stages``; returns the exit code (0 ok, 2 refused, 1 stdout closed early)."""
-    return guarded(PROG, lambda: _run(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

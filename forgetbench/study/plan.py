@@ -526,7 +526,8 @@ def _checkpoint_specs(value: object, where: str) -> dict[str, dict]:
             pairs.append((name, folder))
     names = [n for n, _ in pairs]
     if len(set(names)) != len(names):
-        raise StudyError(f"{where}: an arm is named twice ({', '.join(sorted({n for n in names if names.count(n) > 1}))})")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise StudyError(f"{where}: an arm is named twice ({', '.join(twice)})")
     return {str(name): {"checkpoint": folder} for name, folder in pairs}
 
 

@@ -228,7 +228,7 @@ def render_plan(described: dict) -> str:
         return ", ".join(f"{t} ({counts[t]} docs)" if counts.get(t) is not None else f"{t} (count unknown offline)"
                          for t in names)
 
-    lines = [f"forgetbench study plan (dry run: nothing is written, nothing runs)",
+    lines = ["forgetbench study plan (dry run: nothing is written, nothing runs)",
              f"  model       {d['model']}" + (f" ({d['location']})" if d["location"] != d["model"] else ""),
              f"  downstream  {tasks(d['downstream'])}", f"  upstream    {tasks(d['upstream'])}",
              f"  limit       {d['limit'] if d['limit'] is not None else 'none (every document)'}; device "

@@ -36,7 +36,13 @@ from pathlib import Path
 
 from forgetbench.errors import ForgetbenchError, command_main, emit, one_line
 from forgetbench.suite import scoring
-from forgetbench.suite.common import SHORT_ANSWER, conversation, first, rgb
+from forgetbench.suite.common import (
+    SHORT_ANSWER,
+    conversation,
+    doc_to_visual,  # noqa: F401 (the task YAMLs' hook, shared with the suite)
+    first,
+    rgb,
+)
 
 DEFAULT_DIR = "forgetbench_tasks"
 MARKER = "forgetbench_task.json"
@@ -96,10 +102,6 @@ def prompt(doc: dict) -> str:
 def to_sft_example(doc: dict) -> dict:
     """One document as TRL's vision-language SFT row (``images`` + ``messages``), answer the first reference."""
     return conversation([doc["image"]], prompt(doc), doc["answer"])
-
-
-def doc_to_visual(doc: dict) -> list:
-    return [rgb(doc["image"])]
 
 
 def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
