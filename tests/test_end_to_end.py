@@ -106,8 +106,9 @@ def test_study_refuses_bad_input_before_writing_anything(tmp_path, args, message
 def test_full_lab_study_tells_the_papers_story(tmp_path):
     """The main job as README runs it (a slow test: about 10 minutes), and what docs/lab.md says it shows: every
     trained arm learns the digits; Full-ST learns the most and forgets the most; LoRA forgets significantly less
-    (95 % intervals apart); replay at 20 % at least halves Full-ST's forgetting at nearly its E; WiSE-FT's alphas
-    lie between the base and the tuned model, in order; and after Full-ST, upstream answers drift to the digits.
+    (95 % intervals apart); replaying 20 % general data makes Full-ST forget significantly less at nearly its E;
+    WiSE-FT's alphas lie between the base and the tuned model, in order; and after Full-ST, upstream answers drift
+    to the digits.
     What the lab does not show (LoRA's E within a few points of Full-ST's; LoRA ahead on the frontier) is measured
     in docs/lab.md, not asserted here."""
     from forgetbench.study.report import DOWNSTREAM_LABEL, answer_kinds
@@ -125,8 +126,10 @@ def test_full_lab_study_tells_the_papers_story(tmp_path):
     assert full["E"] == max(methods[name]["E"] for name in ("lora", "full_st", "top_layers"))
     assert full["F"] == min(methods[name]["F"] for name in trained)
     assert lora["F_ci"][0] > full["F_ci"][1], "LoRA forgets significantly less than Full-ST"
+    # Replay of general data (the lab's general set, none of it an evaluated task's): Full-ST forgets significantly
+    # less at nearly its E; less than replaying the upstream tasks' own train splits did, which flattered F.
     replay = methods["full_st+replay"]
-    assert replay["F"] >= full["F"] / 2 and replay["E"] >= full["E"] - 5
+    assert replay["F_ci"][0] > full["F_ci"][1] and replay["E"] >= full["E"] - 5
     path = [0.0] + [methods[f"full_st@wise-{a}"]["E"] for a in ("0.25", "0.5", "0.75")] + [full["E"]]
     assert path == sorted(path), f"WiSE-FT's E rises with alpha: {path}"
     labels = ("one", "two", "three", "four")
