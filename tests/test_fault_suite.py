@@ -260,7 +260,7 @@ def test_issue_case_a_three_corrupt_images_of_forty(tmp_path, capfd, no_model_lo
 
 
 def test_issue_case_a_with_skip_bad_rows_trains_and_the_manifest_and_report_say_so(tmp_path, capfd):
-    from jinja2 import Environment, PackageLoader, select_autoescape
+    from jinja2 import Environment, PackageLoader
 
     from forgetbench.train import recipe_main
 
@@ -274,11 +274,11 @@ def test_issue_case_a_with_skip_bad_rows_trains_and_the_manifest_and_report_say_
                                         "reason": "cannot identify image file"}
     assert manifest["data"]["rows"] == 37 and manifest["steps"] == 2 and manifest["trust_remote_code"] is False
     # The study's report shows the count in its provenance table.
-    html = Environment(loader=PackageLoader("forgetbench.study", "templates"), autoescape=select_autoescape()) \
+    html = Environment(loader=PackageLoader("forgetbench.study", "templates"), autoescape=True) \
         .get_template("report.html.j2").render(
-            plan={"model": "forgetbench-lab", "downstream": [], "upstream": [], "limit": None}, methods={},
-            verdicts={}, pareto=[], samples=[], kinds=[], judgements=[], plot=None, manifests={"lora": manifest},
-            steps={}, versions={}, bootstrap={"confidence": 0.95, "resamples": 10})
+            plan={"model": "forgetbench-lab", "downstream": [], "upstream": [], "limit": None},
+            arms={"lora": {"tuned_elsewhere": False, "train_dataset_note": None}}, notes={},
+            manifests={"lora": manifest}, steps={}, versions={})
     assert "3 training rows left out (--skip_bad_rows): cannot identify image file; row index 4, 17, 31" in html
 
 

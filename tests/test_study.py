@@ -128,9 +128,10 @@ def test_a_study_yaml_names_arms_with_their_own_overrides(tmp_path):
     parser = argparse.ArgumentParser()
     configure_parser(parser)
     plan = plan_from_args(parser.parse_args(["--config", str(config), "--recipe-args", "--max_steps 3"]))
+    train_on = ("--dataset_name", "forgetbench_lab_digits")  # every arm trains on the downstream task
     assert [(a.name, a.recipe, a.args) for a in plan.arms] == [
-        ("lora", "lora", ("--max_steps", "3")),
-        ("full_st+lowlr", "full_st", ("--learning_rate", "1e-4", "--max_steps", "3"))]
+        ("lora", "lora", (*train_on, "--max_steps", "3")),
+        ("full_st+lowlr", "full_st", (*train_on, "--learning_rate", "1e-4", "--max_steps", "3"))]
     assert plan.limit == 8 and plan.arms[1].config == str(REPO / "recipes" / "configs" / "lab" / "full_st.yaml")
 
 
@@ -312,15 +313,16 @@ def test_a_hub_model_whose_config_cannot_be_read_is_refused_in_one_line_unless_t
     hub_id = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"  # unreachable here (HF_HUB_OFFLINE, no network)
     out = tmp_path / "study"
     completed = subprocess.run([sys.executable, "-m", "forgetbench.cli", "study", "--out", str(out), "--model",
-                                hub_id, "--methods", "lora"], capture_output=True, text=True, check=False)
+                                hub_id, "--methods", "lora", "--downstream", "forgetbench_lab_digits"],
+                               capture_output=True, text=True, check=False)
     assert completed.returncode == 2 and not out.exists()
     (line,) = completed.stderr.strip().splitlines()
     assert line.startswith(f"forgetbench study: error: --model {hub_id}: cannot read its config to choose recipe "
                            "configs (") and line.endswith("pass each arm's recipe config in a study YAML "
                                                           "(--config study.yaml; arms: NAME: {recipe, config})")
     config = tmp_path / "study.yaml"
-    config.write_text(f"model: {hub_id}\narms:\n  lora: {{recipe: lora, config: {REPO}/recipes/configs/"
-                      "llava-onevision-0.5b/lora.yaml}\n")
+    config.write_text(f"model: {hub_id}\ndownstream: forgetbench_lab_digits\narms:\n  lora: {{recipe: lora, config: "
+                      f"{REPO}/recipes/configs/llava-onevision-0.5b/lora.yaml}}\n")
     plan = _plan("--config", str(config))  # no config.json needed: the arm names its recipe config
     assert plan.model == hub_id and plan.arms[0].config.endswith("llava-onevision-0.5b/lora.yaml")
 
