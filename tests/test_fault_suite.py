@@ -919,3 +919,22 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     lines = record("output", "Ctrl-C during a study", "refused", err, [])
     assert process.returncode == 130 and TRACEBACK not in err, err[-2000:]
     assert lines[-1] == "forgetbench study: interrupted; rerun to continue", err[-2000:]
+
+
+def test_a_truncated_image_stays_unreadable_after_lmms_eval_is_imported():
+    """lmms_eval/api/task.py sets PIL's global LOAD_TRUNCATED_IMAGES on import: in a process that loaded lmms-eval
+    (every evaluation, the probe, a test worker) a truncated image would otherwise be padded with grey and scored."""
+    import lmms_eval.api.task  # noqa: F401  (the import is the point)
+    import numpy as np
+    from PIL import Image, ImageFile
+
+    from forgetbench.suite.images import UnreadableImage, open_image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype="uint8")).save(buffer, "PNG")
+    data = buffer.getvalue()
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+    with pytest.raises(UnreadableImage, match="truncated"):
+        open_image(data[: len(data) // 2])
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the process's setting is left as it was
+    record("image/evaluation", "truncated, with lmms-eval's global set", "checked", "", [])

@@ -61,6 +61,19 @@ def check_size(image: Image.Image) -> Image.Image:
     return image
 
 
+@contextlib.contextmanager
+def _strict_decoding():
+    """A truncated file is unreadable whatever the process set: importing lmms-eval (lmms_eval/api/task.py) sets
+    PIL's global ImageFile.LOAD_TRUNCATED_IMAGES, which would pad a truncated image with grey and score it."""
+    from PIL import ImageFile
+
+    before, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
 def open_image(value) -> Image.Image:
     """A stored image decoded in full: a PIL image, a path, datasets' ``{"bytes", "path"}`` or bytes."""
     if isinstance(value, Image.Image):
@@ -76,7 +89,7 @@ def open_image(value) -> Image.Image:
         raise UnreadableImage("empty image bytes")
     source = io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _strict_decoding():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(source)
             check_size(image)  # from the header, before the pixels are decoded
