@@ -936,5 +936,7 @@ def test_a_truncated_image_stays_unreadable_after_lmms_eval_is_imported():
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True
     with pytest.raises(UnreadableImage, match="truncated"):
         open_image(data[: len(data) // 2])
+    with pytest.raises(UnreadableImage, match="truncated"):  # opened lazily, as datasets hands documents over
+        open_image(Image.open(io.BytesIO(data[: len(data) // 2])))
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the process's setting is left as it was
     record("image/evaluation", "truncated, with lmms-eval's global set", "checked", "", [])

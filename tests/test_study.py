@@ -157,6 +157,10 @@ def test_the_report_renders_every_arm_in_a_real_browser(lab_study, tmp_path):
         assert f"{arm} gained" in text or f"{arm} lost" in text, arm  # the headline's verdict, as rendered
     for heading in ("Headline", "E versus F", "Per task", "Answer kinds", "Samples that flipped", "Provenance"):
         assert heading in text, heading
+    # The page opens with the arm to pick and the rule that picked it (issue 22), before any table or plot.
+    assert "Recommendation" in text and "Rule: among the arms whose F is not significantly below" in " ".join(
+        text.split())
+    assert text.index("Recommendation") < min(text.index("E versus F"), text.index("Per task"))
 
 
 def test_wise_ft_alphas_become_points_of_the_frontier_without_retraining(lab_study):

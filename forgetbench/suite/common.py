@@ -25,12 +25,9 @@ def rgb(image) -> Image.Image:
     >>> rgb(Image.new("I;16", (1, 1), 65535)).getpixel((0, 0)), rgb(Image.new("LA", (1, 1), (0, 0))).getpixel((0, 0))
     ((255, 255, 255), (255, 255, 255))
     """
-    from forgetbench.suite.images import check_size, open_image
+    from forgetbench.suite.images import open_image
 
-    if isinstance(image, Image.Image):
-        check_size(image)
-    else:
-        image = open_image(image)
+    image = open_image(image)
     if image.mode in SIXTEEN_BIT_MODES:
         import numpy as np
 

@@ -76,8 +76,14 @@ def _strict_decoding():
 
 def open_image(value) -> Image.Image:
     """A stored image decoded in full: a PIL image, a path, datasets' ``{"bytes", "path"}`` or bytes."""
-    if isinstance(value, Image.Image):
-        return check_size(value)
+    if isinstance(value, Image.Image):  # datasets hands over a lazily opened image: its pixels decode here
+        check_size(value)
+        try:
+            with _strict_decoding():
+                value.load()
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise UnreadableImage(_reason(exc)) from None
+        return value
     if value is None:
         raise UnreadableImage("no image")
     if isinstance(value, dict):
