@@ -55,8 +55,13 @@ def draw_shape(shape: str, color: str, rng: np.random.Generator) -> Image.Image:
     image, draw = _canvas(rng)
     half = int(rng.integers(8, 13))
     cx, cy = (int(v) for v in rng.integers(IMAGE_SIZE // 2 - 3, IMAGE_SIZE // 2 + 4, size=2))
+    _paint(draw, shape, cx, cy, half, RGB[color], thinnest_arm=2)
+    return image
+
+
+def _paint(draw: ImageDraw.ImageDraw, shape: str, cx: int, cy: int, half: int, fill, thinnest_arm: int) -> None:
+    """A circle, square, triangle or cross of half-width ``half`` centred on (cx, cy)."""
     box = (cx - half, cy - half, cx + half, cy + half)
-    fill = RGB[color]
     if shape == "circle":
         draw.ellipse(box, fill=fill)
     elif shape == "square":
@@ -64,12 +69,11 @@ def draw_shape(shape: str, color: str, rng: np.random.Generator) -> Image.Image:
     elif shape == "triangle":
         draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=fill)
     elif shape == "cross":
-        arm = max(2, half // 3)
+        arm = max(thinnest_arm, half // 3)
         draw.rectangle((cx - half, cy - arm, cx + half, cy + arm), fill=fill)
         draw.rectangle((cx - arm, cy - half, cx + arm, cy + half), fill=fill)
     else:
         raise ValueError(f"unknown shape {shape!r}")
-    return image
 
 
 def draw_dots(count: int, rng: np.random.Generator) -> Image.Image:
@@ -147,17 +151,7 @@ def _shape_at(shape: str, color: str, side: str | None, rng: np.random.Generator
     third = IMAGE_SIZE // 3
     cx = int(rng.integers(half, third)) if side == "left" else int(rng.integers(IMAGE_SIZE - third, IMAGE_SIZE - half))
     cy = int(rng.integers(IMAGE_SIZE // 2 - 4, IMAGE_SIZE // 2 + 5))
-    box, fill = (cx - half, cy - half, cx + half, cy + half), RGB[color]
-    if shape == "circle":
-        draw.ellipse(box, fill=fill)
-    elif shape == "square":
-        draw.rectangle(box, fill=fill)
-    elif shape == "triangle":
-        draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=fill)
-    else:  # cross
-        arm = max(1, half // 3)
-        draw.rectangle((cx - half, cy - arm, cx + half, cy + arm), fill=fill)
-        draw.rectangle((cx - arm, cy - half, cx + arm, cy + half), fill=fill)
+    _paint(draw, shape, cx, cy, half, RGB[color], thinnest_arm=1)
     return image
 
 
