@@ -341,7 +341,7 @@ def _evaluate_docs(wrapper, task: str, docs, doc_to_visual):
 
 @pytest.mark.parametrize("kind", IMAGE_KINDS, ids=lambda k: k.name)
 def test_evaluation_answers_an_unreadable_document_without_scoring_it_and_counts_it(kind, wrapper, tmp_path, capfd,
-                                                                                   caplog):
+                                                                                   caplog, monkeypatch):
     """lmms-eval reads each document through datasets (which decodes its image) and the task's doc_to_visual
     (which converts it with rgb): a broken image is one unscorable item, never a crash, never a dropped one."""
     import datasets
@@ -351,6 +351,9 @@ def test_evaluation_answers_an_unreadable_document_without_scoring_it_and_counts
     docs = datasets.Dataset.from_parquet(str(pathvqa_with(tmp_path / "test.parquet", 4, {1: kind.stored()})))
     task = f"faults_{kind.name}"
     caplog.clear()
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as in any lmms-eval process: the wrapper resets it
     answers, scores = _evaluate_docs(wrapper, task, docs, pathvqa.doc_to_visual)
     err = capfd.readouterr().err
     warned = [r.getMessage() for r in caplog.records if r.name == "forgetbench.evaluate.model"]
@@ -921,10 +924,9 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     assert lines[-1] == "forgetbench study: interrupted; rerun to continue", err[-2000:]
 
 
-def test_a_truncated_image_stays_unreadable_after_lmms_eval_is_imported():
+def test_a_truncated_image_stays_unreadable_after_lmms_eval_is_imported(monkeypatch):
     """lmms_eval/api/task.py sets PIL's global LOAD_TRUNCATED_IMAGES on import: in a process that loaded lmms-eval
     (every evaluation, the probe, a test worker) a truncated image would otherwise be padded with grey and scored."""
-    import lmms_eval.api.task  # noqa: F401  (the import is the point)
     import numpy as np
     from PIL import Image, ImageFile
 
@@ -933,7 +935,7 @@ def test_a_truncated_image_stays_unreadable_after_lmms_eval_is_imported():
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype="uint8")).save(buffer, "PNG")
     data = buffer.getvalue()
-    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # what lmms_eval/api/task.py sets on import
     with pytest.raises(UnreadableImage, match="truncated"):
         open_image(data[: len(data) // 2])
     with pytest.raises(UnreadableImage, match="truncated"):  # opened lazily, as datasets hands documents over

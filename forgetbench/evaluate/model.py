@@ -74,6 +74,15 @@ def installed_versions() -> dict[str, str | None]:
     return found
 
 
+def _strict_images() -> None:
+    """A truncated image is an unscorable document, as training refuses it: lmms-eval sets PIL's global
+    LOAD_TRUNCATED_IMAGES when it imports its task module, and datasets then decodes such an image padded with grey.
+    Set before this wrapper reads any document (datasets decodes a row when the wrapper asks for its visuals)."""
+    from PIL import ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
 class UnscorableImage(Exception):
     """A request's document image cannot be decoded (recorded in :attr:`ImageTextModel.unscorable`)."""
 
@@ -272,6 +281,7 @@ class ImageTextModel(lmms):
     # -- lmms-eval API -------------------------------------------------------------------------------------------
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
+        _strict_images()
         collator = utils.Collator(
             [request.args for request in requests],
             sort_fn=lambda args: -len(args[0]),  # similar lengths together: less padding
@@ -334,6 +344,7 @@ class ImageTextModel(lmms):
         (the default) the image and question are encoded once and all choices are scored from the cached prefix
         (past key values, choices batched); ``prefix_cache=False`` scores one full sequence per choice.
         """
+        _strict_images()
         arguments = [request.args for request in requests]
         results: list[GenerationResult | None] = [None] * len(arguments)
         if self.prefix_cache:
