@@ -4,7 +4,6 @@ overrides of GPU-profile configs and the refusals. No test here trains; the one 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_study_safety import _args, _refusal
 
 from forgetbench import study, suite
 from forgetbench.study import plan as planning
@@ -19,19 +19,6 @@ from forgetbench.study import steps
 from forgetbench.study.plan import DEFAULT_UPSTREAM, INSTRUCTBLIP_REFUSAL
 
 LAB_BASE = Path(study.model_location("forgetbench-lab", None))
-
-
-def _args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    study.configure_parser(parser)
-    return parser.parse_args(list(argv))
-
-
-def _refusal(capsys, *argv: str) -> str:
-    assert study.run(_args(*argv)) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0].removeprefix("forgetbench study: error: ")
 
 
 def _model(folder: Path, model_type: str = "qwen2_vl", **sizes) -> Path:
