@@ -81,9 +81,10 @@ class LabStudy(NamedTuple):
     stdout: str
 
 
-# The one real study most tests read (the study, end-to-end and lmms-model tests): two arms, the second with a WiSE-FT
-# point, cut to a few documents and steps. Other studies reuse its settings (and so its cached baseline).
-LAB_STUDY_YAML = "limit: 24\narms:\n  lora: {recipe: lora}\n  full_st: {recipe: full_st, args: --wise_alphas 0.5}\n"
+# The one real study most tests read (the study, end-to-end and lmms-model tests): two arms, a LoRA recipe the study
+# trains and a full checkpoint tuned elsewhere that it only evaluates, cut to a few documents and steps: one training,
+# three lmms-eval runs. Other studies reuse its settings (and so its cached baseline).
+LAB_STUDY_YAML = "limit: 24\narms:\n  lora: {{recipe: lora}}\n  elsewhere: {{checkpoint: {checkpoint}}}\n"
 LAB_STUDY_RECIPE_ARGS = "--max_steps 6 --logging_steps 2"
 
 
@@ -93,16 +94,45 @@ def lab_study_command(out: Path, cache: Path, *extra: str) -> list[str]:
             "--recipe-args", LAB_STUDY_RECIPE_ARGS, *extra]
 
 
+def perturbed_copy(folder: Path, scale: float) -> Path:
+    """A copy of the lab base model with Gaussian noise (``scale`` standard deviations of each matrix) on its weight
+    matrices: a full checkpoint of the base's lineage, made in a second without training. Without the base's
+    forgetbench manifest (which says "trained from scratch")."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from forgetbench.checkpoint import MANIFEST_NAME, lab_base_model_path
+
+    shutil.copytree(lab_base_model_path(), folder, ignore=shutil.ignore_patterns(MANIFEST_NAME))
+    weights, rng = load_file(str(folder / "model.safetensors")), np.random.default_rng(0)
+    save_file({k: (v + scale * v.std() * rng.standard_normal(v.shape)).astype(v.dtype)
+               if v.dtype.kind == "f" and v.ndim >= 2 else v for k, v in weights.items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
 @pytest.fixture(scope="session")
 def lab_study(tmp_path_factory) -> LabStudy:
-    """The real ``forgetbench study`` (real lmms-eval CLI, real accelerate + TRL recipes) on the lab: arms lora and
-    full_st (with the point full_st@wise-0.5), 24 documents per task, 6 steps."""
+    """The real ``forgetbench study`` (real lmms-eval CLI, a real accelerate + TRL recipe) on the lab: the arm lora
+    (6 steps) and the arm elsewhere (``{checkpoint: DIR}``: the base with a little noise, no forgetbench manifest),
+    24 documents per task."""
     root = tmp_path_factory.mktemp("lab-study")
     config = root / "study.yaml"
-    config.write_text(LAB_STUDY_YAML)
+    config.write_text(LAB_STUDY_YAML.format(checkpoint=perturbed_copy(root / "tuned-elsewhere", 0.3)))
     out, cache = root / "study", root / "baselines"
     completed = run_command(lab_study_command(out, cache, "--config", str(config)), cwd=root)
     return LabStudy(out, cache, completed.stdout)
+
+
+def lmms_eval_runs(runs: list[list[str]], cwd: Path) -> None:
+    """Several ``lmms-eval ARGS...`` runs in one child process: each calls the function the ``lmms-eval`` command
+    runs (``lmms_eval.cli.dispatch:main``, its console script) with its own ``sys.argv``. The output is lmms-eval's
+    own; its imports and task index (about 8 s on 2 cores) are paid once, not once per run. Tests whose point is the
+    installed command itself run ``lmms_eval_bin()``."""
+    script = ("import sys\nfrom lmms_eval.cli.dispatch import main\n"
+              f"for argv in {[[str(a) for a in run] for run in runs]!r}:\n"
+              "    sys.argv = ['lmms-eval', *argv]\n    main()\n")
+    run_command([sys.executable, "-c", script], cwd=cwd)
 
 
 def lmms_eval_bin() -> str:

@@ -35,12 +35,13 @@ def test_stock_lmms_eval_cli_finds_and_runs_a_forgetbench_task(lab_model, tmp_pa
     assert accuracy >= 0.75  # the base model was pre-trained on colours
 
 
-def test_study_compare_matches_hand_computed_e_f_o(lab_study):
+@pytest.mark.parametrize("arm", ["lora", "elsewhere"])  # trained by the study; tuned elsewhere
+def test_study_compare_matches_hand_computed_e_f_o(lab_study, arm):
     """E, F, O recomputed here from lmms-eval's per-sample logs, independently of forgetbench.compare."""
     study = lab_study.out
-    report = json.loads((study / "compare.json").read_text())["methods"]["lora"]
+    report = json.loads((study / "compare.json").read_text())["methods"][arm]
     points = {}
-    for stage in ("pre", "lora"):
+    for stage in ("pre", arm):
         for task in report["tasks"]:
             samples = read_samples(study / "eval" / stage, task)
             assert len(samples) == 24
@@ -49,14 +50,14 @@ def test_study_compare_matches_hand_computed_e_f_o(lab_study):
     up = [t for t, row in report["tasks"].items() if row["role"] == "upstream"]
     assert down == ["forgetbench_lab_digits"]
     assert up == ["forgetbench_lab_color", "forgetbench_lab_shape", "forgetbench_lab_count", "forgetbench_lab_printed"]
-    e = sum(points["lora", t] - points["pre", t] for t in down) / len(down)
-    f = sum(points["lora", t] - points["pre", t] for t in up) / len(up)
+    e = sum(points[arm, t] - points["pre", t] for t in down) / len(down)
+    f = sum(points[arm, t] - points["pre", t] for t in up) / len(up)
     assert report["E"] == pytest.approx(e)
     assert report["F"] == pytest.approx(f)
     assert report["O"] == pytest.approx(e + f)
     for task, row in report["tasks"].items():
         assert row["pre"] == pytest.approx(points["pre", task])
-        assert row["post"] == pytest.approx(points["lora", task])
+        assert row["post"] == pytest.approx(points[arm, task])
 
 
 def test_study_keeps_every_artefact_in_one_folder(lab_study):

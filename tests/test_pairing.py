@@ -1,4 +1,4 @@
-"""Pairing refuses what differs, on real lmms-eval output: the stock lmms-eval CLI runs the lab base model greedily,
+"""Pairing refuses what differs, on real lmms-eval output: lmms-eval's CLI runs the lab base model greedily,
 then with sampling (``--gen_kwargs``), and a perturbed copy of it ("tuned" from the base, with a manifest). Variants
 of the greedy run (another wrapper, a chat template, ...) are edited copies of its real results.json. Every
 difference is one line, exit 2, no file; ``--allow-mismatch`` lists each; ``forgetbench stages`` checks lineage;
@@ -12,9 +12,8 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import lmms_eval_bin, run_command
+from conftest import lmms_eval_runs, perturbed_copy
 
 from forgetbench.checkpoint import MANIFEST_NAME, lab_base_model_path
 from forgetbench.compare import main
@@ -24,26 +23,17 @@ DOWN, UP = "forgetbench_lab_digits", "forgetbench_lab_shape"
 LIMIT = 100
 
 
-def evaluate(out: Path, model: Path, *extra: str) -> Path:
-    """``lmms-eval --model forgetbench`` on the lab tasks, with sample logs; returns the output folder."""
-    run_command([lmms_eval_bin(), "--model", "forgetbench", "--model_args", f"pretrained={model}",
-                 "--tasks", f"{DOWN},{UP}", "--batch_size", "32", "--limit", str(LIMIT),
-                 "--output_path", str(out), "--log_samples", *extra], cwd=out.parent)
-    assert len(list(out.glob("*/*_results.json"))) == 1  # lmms-eval exits 0 even on failure
-    return out
+def evaluate_args(out: Path, model: Path, *extra: str) -> list[str]:
+    """``lmms-eval --model forgetbench`` on the lab tasks, with sample logs, into ``out``."""
+    return ["--model", "forgetbench", "--model_args", f"pretrained={model}", "--tasks", f"{DOWN},{UP}",
+            "--batch_size", "32", "--limit", str(LIMIT), "--output_path", str(out), "--log_samples", *extra]
 
 
 def perturbed_model(folder: Path) -> Path:
-    """A copy of the lab base model with noise on its weight matrices and a manifest saying it was tuned from the
-    base: a stand-in fine-tune that forgets some shapes (1.5 standard deviations: the lab base shrugs off less
-    noise on the first 100 shape questions)."""
-    from safetensors.numpy import load_file, save_file
-
-    shutil.copytree(lab_base_model_path(), folder)
-    weights, rng = load_file(str(folder / "model.safetensors")), np.random.default_rng(0)
-    save_file({k: (v + 1.5 * v.std() * rng.standard_normal(v.shape)).astype(v.dtype)
-               if v.dtype.kind == "f" and v.ndim >= 2 else v for k, v in weights.items()},
-              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    """A noisy copy of the lab base model with a manifest saying it was tuned from the base: a stand-in fine-tune
+    that forgets some shapes (1.5 standard deviations: the lab base shrugs off less noise on the first 100 shape
+    questions)."""
+    perturbed_copy(folder, 1.5)
     manifest(folder, str(lab_base_model_path()))
     return folder
 
@@ -62,9 +52,13 @@ def lab_runs(tmp_path_factory) -> dict[str, Path]:
     # No workaround for lmms-eval's recorded version (`git describe` of the repository around site-packages, which
     # moves whenever work lands between these evaluations): --model forgetbench records the installed lmms-eval
     # version, which compare pairs on (tests/test_compare_version.py).
-    return {"greedy": evaluate(root / "greedy", base),
-            "sampled": evaluate(root / "sampled", base, "--gen_kwargs", "temperature=1.5,do_sample=True"),
-            "tuned": evaluate(root / "tuned", perturbed_model(root / "noisy_model"))}
+    runs = {"greedy": (root / "greedy", base, ()),
+            "sampled": (root / "sampled", base, ("--gen_kwargs", "temperature=1.5,do_sample=True")),
+            "tuned": (root / "tuned", perturbed_model(root / "noisy_model"), ())}
+    lmms_eval_runs([evaluate_args(out, model, *extra) for out, model, extra in runs.values()], cwd=root)
+    for out, _, _ in runs.values():
+        assert len(list(out.glob("*/*_results.json"))) == 1  # lmms-eval exits 0 even on failure
+    return {name: out for name, (out, _, _) in runs.items()}
 
 
 def results_file(run: Path) -> Path:

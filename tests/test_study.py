@@ -1,5 +1,5 @@
-"""The multi-arm study: several recipes against one base, the outputs, the cached baseline, resume after SIGKILL,
-and the report rendered in a real browser."""
+"""The multi-arm study: arms (a recipe it trains, a checkpoint tuned elsewhere) against one base, the outputs, the
+cached baseline, resume after SIGKILL, WiSE-FT points, and the report rendered in a real browser."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
-from conftest import BIN, REPO, lab_study_command, run_command
+from conftest import REPO, lab_study_command, run_command
 
 
 def _study(lab_study, out, *extra: str) -> list[str]:
@@ -30,20 +32,20 @@ def test_two_arms_write_every_output(lab_study):
     from forgetbench.compare.report import SCHEMA
 
     report = json.loads((out / "compare.json").read_text())
-    assert report["schema"] == SCHEMA and list(report["methods"]) == ["lora", "full_st", "full_st@wise-0.5"]
+    assert report["schema"] == SCHEMA and list(report["methods"]) == ["lora", "elsewhere"]
     for name in ("compare.md", "compare.csv", "forgotten.csv", "ef.png", "report.html", "summary.txt"):
         assert (out / name).is_file(), name
     state = json.loads((out / "study.json").read_text())
-    assert list(state["steps"]) == ["baseline", "train/lora", "eval/lora", "train/full_st", "eval/full_st",
-                                    "eval/full_st@wise-0.5", "compare", "report"]
-    for arm in ("lora", "full_st"):
-        manifest = json.loads((out / "arms" / arm / "forgetbench_manifest.json").read_text())
-        assert manifest["method"] == arm and manifest["steps"] == 6
+    assert list(state["steps"]) == ["baseline", "train/lora", "eval/lora", "eval/elsewhere", "compare", "report"]
+    manifest = json.loads((out / "arms" / "lora" / "forgetbench_manifest.json").read_text())
+    assert manifest["method"] == "lora" and manifest["steps"] == 6
+    for arm in ("lora", "elsewhere"):
         config = json.loads(next((out / "eval" / arm).glob("*/*_results.json")).read_text())["config"]
         assert config["model"] == "forgetbench" and config["limit"] == 24  # batched, forgetbench's own wrapper
     assert "reusing the cached evaluation" not in stdout
     # Throughput per evaluation: 5 tasks x 24 documents, timed around the whole lmms-eval process
-    for step in ("baseline", "eval/lora", "eval/full_st"):
+    evaluations = ("baseline", "eval/lora", "eval/elsewhere")
+    for step in evaluations:
         speed = state["steps"][step]["throughput"]
         assert speed["backend"] == "forgetbench" and speed["samples"] == 120, step
         assert set(speed["by_task"].values()) == {24} and len(speed["by_task"]) == 5, step
@@ -53,55 +55,86 @@ def test_two_arms_write_every_output(lab_study):
         assert 0 < speed["lmms_eval_seconds"] < speed["wall_seconds"], step
     html = (out / "report.html").read_text()
     assert "Evaluation throughput" in html and "clock around the whole lmms-eval process" in html
-    for step in ("baseline", "eval/lora", "eval/full_st"):  # each evaluation's row, with its samples/s
+    for step in evaluations:  # each evaluation's row, with its samples/s
         speed = state["steps"][step]["throughput"]
         assert f"<td>{speed['samples']}</td>" in html and f"<td>{speed['samples_per_second']:.2f}</td>" in html
     assert "samples/s (whole lmms-eval process): baseline 120 in" in (out / "summary.txt").read_text()
     csv_methods = {line.split(",")[0] for line in (out / "compare.csv").read_text().splitlines()[1:]}
-    assert csv_methods == {"lora", "full_st", "full_st@wise-0.5"}
+    assert csv_methods == {"lora", "elsewhere"}
 
 
-def test_a_second_study_reuses_the_cached_baseline_and_says_so(lab_study, tmp_path):
-    first, cache = lab_study.out, lab_study.cache
-    out = tmp_path / "again"
-    completed = run_command(_study(lab_study, out, "--methods", "lora"), cwd=tmp_path)
-    entries = [p for p in cache.iterdir() if not p.name.startswith(".")]
+def test_the_arm_tuned_elsewhere_is_evaluated_not_trained_and_the_recipe_arm_trains_on_the_target(lab_study):
+    state = json.loads((lab_study.out / "study.json").read_text())
+    assert state["steps"]["eval/elsewhere"]["tuned_elsewhere"] is True and "train/elsewhere" not in state["steps"]
+    assert not (lab_study.out / "arms" / "elsewhere").exists()  # nothing trained, nothing copied
+    (trained,) = [arm for arm in state["signature"]["arms"] if arm["name"] == "lora"]
+    assert trained["train_dataset"] == "forgetbench_lab_digits"  # the lab's downstream task, not an example set
+    command = state["steps"]["train/lora"]["command"]
+    assert command[command.index("--dataset_name") + 1] == "forgetbench_lab_digits"
+    html = (lab_study.out / "report.html").read_text()
+    assert "tuned elsewhere: a merged model (LlavaForConditionalGeneration)" in html
+
+
+class Resumed(NamedTuple):
+    out: Path
+    done_when_killed: list[str]  # the steps study.json held when the study was killed
+    killed_stdout: str
+    rerun_stdout: str
+
+
+@pytest.fixture(scope="module")
+def resumed(lab_study, tmp_path_factory) -> Resumed:
+    """The shared study's lora arm again, with a WiSE-FT point (0.5), in a study SIGKILLed (its whole process group,
+    as Ctrl-C, scancel or a closed terminal would) while it evaluates the trained arm, then run again."""
+    root = tmp_path_factory.mktemp("resumed")
+    out, state = root / "study", root / "study" / "study.json"
+    command = _study(lab_study, out, "--methods", "lora")
+    command[command.index("--recipe-args") + 1] += " --wise_alphas 0.5"
+    with open(root / "killed.out", "w") as stdout:
+        process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.STDOUT, cwd=root,
+                                   start_new_session=True)
+        deadline = time.monotonic() + 600
+        while process.poll() is None and time.monotonic() < deadline:  # kill it once the arm is trained
+            if state.is_file() and "train/lora" in json.loads(state.read_text())["steps"]:
+                break
+            time.sleep(0.2)
+        time.sleep(2)  # into eval/lora: an lmms-eval run takes several seconds to import and index its tasks
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the study ended before it could be killed"
+    done = list(json.loads(state.read_text())["steps"])
+    rerun = run_command(command, cwd=root)
+    return Resumed(out, done, (root / "killed.out").read_text(), rerun.stdout)
+
+
+def test_a_study_killed_while_it_evaluates_and_rerun_ends_with_the_same_numbers(lab_study, resumed):
+    """The rerun keeps the trained arm, evaluates it again from scratch and ends with the shared study's numbers."""
+    assert resumed.done_when_killed == ["baseline", "train/lora"]
+    assert "[train/lora] already done" in resumed.rerun_stdout
+    assert not list(resumed.out.glob("eval/.*partial*"))  # the killed evaluation's partial output is gone
+    resumed_efo, uninterrupted = _efo(resumed.out), _efo(lab_study.out)
+    assert set(resumed_efo) == {"lora", "lora@wise-0.5"}
+    assert resumed_efo["lora"] == pytest.approx(uninterrupted["lora"])
+
+
+def test_a_second_study_reuses_the_cached_baseline_and_says_so(lab_study, resumed):
+    entries = [p for p in lab_study.cache.iterdir() if not p.name.startswith(".")]
     assert len(entries) == 1
-    assert f"[baseline] reusing the cached evaluation of the base model: {entries[0]}" in completed.stdout
-    baseline = json.loads((out / "study.json").read_text())["steps"]["baseline"]
+    assert f"[baseline] reusing the cached evaluation of the base model: {entries[0]}" in resumed.killed_stdout
+    baseline = json.loads((resumed.out / "study.json").read_text())["steps"]["baseline"]
     assert baseline["cached"] == str(entries[0])
     # nothing was evaluated now: the throughput is the first study's, marked as coming from the cache
-    first_baseline = json.loads((first / "study.json").read_text())["steps"]["baseline"]["throughput"]
-    assert baseline["throughput"] == {**first_baseline, "from_cache": True}
-    assert _efo(first)["lora"] == pytest.approx(
-        [json.loads((out / "compare.json").read_text())[k] for k in "EFO"])
+    first = json.loads((lab_study.out / "study.json").read_text())["steps"]["baseline"]["throughput"]
+    assert baseline["throughput"] == {**first, "from_cache": True}
 
 
-def test_a_study_killed_halfway_and_rerun_ends_with_the_same_numbers(lab_study, tmp_path):
-    """Killed while its second arm trains; the rerun keeps the first arm and ends with the uninterrupted numbers."""
-    first = lab_study.out
-    out = tmp_path / "killed"
-    command = _study(lab_study, out, "--methods", "lora,full_st")  # the shared study's arms, without the WiSE point
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-    state = out / "study.json"
-    deadline = time.monotonic() + 600
-    while process.poll() is None and time.monotonic() < deadline:  # kill it while the second arm trains
-        if state.is_file() and "eval/lora" in json.loads(state.read_text())["steps"]:
-            break
-        time.sleep(0.2)
-    time.sleep(3)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the study ended before it could be killed"
-    done = json.loads(state.read_text())["steps"]
-    assert "eval/lora" in done and "compare" not in done
-
-    completed = run_command(command, cwd=tmp_path)
-    assert "[train/lora] already done" in completed.stdout
-    resumed, uninterrupted = _efo(out), _efo(first)
-    assert set(resumed) == {"lora", "full_st"}
-    for arm in resumed:
-        assert resumed[arm] == pytest.approx(uninterrupted[arm]), arm
+def test_wise_ft_alphas_become_points_of_the_frontier_without_retraining(resumed):
+    report = json.loads((resumed.out / "compare.json").read_text())
+    assert list(report["methods"]) == ["lora", "lora@wise-0.5"]
+    steps = json.loads((resumed.out / "study.json").read_text())["steps"]
+    assert "eval/lora@wise-0.5" in steps and "train/lora@wise-0.5" not in steps  # evaluated, not trained
+    manifest = json.loads((resumed.out / "arms" / "lora" / "wise-0.5" / "forgetbench_manifest.json").read_text())
+    assert manifest["base_model"] == "forgetbench-lab"
 
 
 def test_a_prompt_tuning_arm_is_refused_up_front(tmp_path):
@@ -153,7 +186,7 @@ def test_the_report_renders_every_arm_in_a_real_browser(lab_study, tmp_path):
     text = subprocess.run([PDFTOTEXT, "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     html = (out / "report.html").read_text()
     assert "http://" not in html and "https://" not in html  # self-contained
-    for arm in ("lora", "full_st"):
+    for arm in ("lora", "elsewhere"):
         assert f"{arm} gained" in text or f"{arm} lost" in text, arm  # the headline's verdict, as rendered
     for heading in ("Headline", "E versus F", "Per task", "Answer kinds", "Samples that flipped", "Provenance"):
         assert heading in text, heading
@@ -161,16 +194,6 @@ def test_the_report_renders_every_arm_in_a_real_browser(lab_study, tmp_path):
     assert "Recommendation" in text and "Rule: among the arms whose F is not significantly below" in " ".join(
         text.split())
     assert text.index("Recommendation") < min(text.index("E versus F"), text.index("Per task"))
-
-
-def test_wise_ft_alphas_become_points_of_the_frontier_without_retraining(lab_study):
-    out = lab_study.out
-    report = json.loads((out / "compare.json").read_text())
-    assert list(report["methods"])[1:] == ["full_st", "full_st@wise-0.5"]
-    steps = json.loads((out / "study.json").read_text())["steps"]
-    assert "eval/full_st@wise-0.5" in steps and "train/full_st@wise-0.5" not in steps  # evaluated, not trained
-    manifest = json.loads((out / "arms" / "full_st" / "wise-0.5" / "forgetbench_manifest.json").read_text())
-    assert manifest["base_model"] == "forgetbench-lab"
 
 
 def test_the_default_study_runs_the_arms_that_tell_the_story():
@@ -344,17 +367,16 @@ def test_an_evaluation_without_results_names_its_real_log(monkeypatch, tmp_path)
     assert str(info.value).endswith(f"; see {log}") and log.read_text() == "no results\n"
 
 
-def test_a_failing_arm_names_the_log_that_says_why(tmp_path):
+def test_a_failing_arm_names_the_log_that_says_why(lab_study, tmp_path):
     """A real study whose arm cannot start (a recipe argument that does not exist): the one line names the log,
     and that file holds the recipe's own complaint."""
     out = tmp_path / "study"
-    completed = subprocess.run([str(BIN / "forgetbench"), "study", "--out", str(out), "--cache-dir",
-                                str(tmp_path / "cache"), "--methods", "lora", "--limit", "1", "--downstream",
-                                "forgetbench_lab_digits", "--upstream", "forgetbench_lab_color", "--recipe-args",
-                                "--no_such_option 3"], capture_output=True, text=True, timeout=600, check=False)
+    command = _study(lab_study, out, "--methods", "lora")
+    command[command.index("--recipe-args") + 1] = "--no_such_option 3"
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
     assert completed.returncode == 2, completed.stderr[-2000:]
     (line,) = completed.stderr.strip().splitlines()
     log = out.resolve() / "logs" / "train_lora.log"
     assert line.startswith("forgetbench study: error: step train/lora exited ") and line.endswith(f"; see {log}")
     assert "no_such_option" in log.read_text()
-    assert (out / "logs" / "eval_pre.log").is_file()
+    assert list(json.loads((out / "study.json").read_text())["steps"]) == ["baseline"]  # kept for the rerun

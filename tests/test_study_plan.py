@@ -1,13 +1,11 @@
 """The study's plan (issue 20): what each arm trains on, the plan before anything is spent (--dry-run), checkpoints
 tuned elsewhere and their lineage, one vocabulary (YAML keys, both spellings, groups), the budget, the CPU
-overrides of GPU-profile configs and the refusals. No test here trains; the one real study is the last (small)."""
+overrides of GPU-profile configs and the refusals. Nothing here trains or evaluates: the real studies with a checkpoint
+tuned elsewhere are tests/test_study.py's shared one and tests/test_study_byo.py's."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -179,6 +177,30 @@ def test_a_checkpoint_tuned_elsewhere_is_evaluated_like_an_arm_after_its_lineage
     assert plan.arms[0].elsewhere["kind"] == "merged" and plan.arms[0].elsewhere["hidden_size"] == 64
 
 
+@pytest.mark.parametrize("manifest, origin", [
+    ({"base_model": None}, "trained from scratch"),  # a copy of a base model's folder, manifest and all
+    ({"base_model": "org/other", "base_model_path": "/m/other"}, "tuned from 'org/other'"),
+    ({"base_model": "forgetbench-lab"}, None),  # tuned from the study's base: accepted
+])
+def test_a_checkpoint_whose_own_manifest_names_another_origin_is_refused_before_it_is_evaluated(
+        tmp_path, capsys, manifest, origin):
+    import shutil
+
+    from forgetbench.checkpoint import MANIFEST_NAME
+
+    merged = Path(shutil.copytree(LAB_BASE, tmp_path / "copy"))
+    (merged / MANIFEST_NAME).write_text(json.dumps(manifest))
+    argv = ("--checkpoint", f"m={merged}", "--allow-lineage-mismatch", "--out", str(tmp_path / "o"))
+    if origin is None:
+        assert study.plan_from_args(_args(*argv)).arms[0].checkpoint == str(merged)
+    else:  # compare would refuse the pair after the evaluation: no override here
+        assert _refusal(capsys, *argv) == (
+            f"--checkpoint m={merged}: its {MANIFEST_NAME} says it was {origin}, not tuned from the study's base "
+            "forgetbench-lab: compare would refuse to pair it with the baseline")
+    # the base's own folder, manifest ("trained from scratch") and all, is the baseline again: accepted
+    assert study.plan_from_args(_args("--checkpoint", f"b={LAB_BASE}", "--out", str(tmp_path / "o"))).arms
+
+
 def test_user_tasks_reach_lmms_eval_and_the_recipe(tmp_path):
     from PIL import Image
 
@@ -198,32 +220,3 @@ def test_user_tasks_reach_lmms_eval_and_the_recipe(tmp_path):
     command = steps.eval_command(plan, "m", tmp_path / "e")
     assert command[-2:] == ["--include_path", str(tasks.resolve())]
     assert steps._test_rows("mine", plan.tasks_dir) == 4
-
-
-@pytest.mark.skipif(os.environ.get("FORGETBENCH_SKIP_STUDY") == "1", reason="FORGETBENCH_SKIP_STUDY=1")
-def test_a_small_lab_study_with_a_checkpoint_tuned_elsewhere(tmp_path):
-    """The one real study of this file: one LoRA arm (2 steps, --limit 4) and the same arm's adapter again as a
-    checkpoint tuned elsewhere, run from a temporary folder so a commit meanwhile changes no recorded version."""
-    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1"}
-    out = tmp_path / "o"
-    command = [sys.executable, "-m", "forgetbench.cli", "study", "--methods", "lora", "--limit", "4",
-               "--recipe-args", "--max_steps 2", "--upstream", "forgetbench_lab_color", "--budget", "5",
-               "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    state = json.loads((out / "study.json").read_text())
-    assert state["signature"]["arms"][0]["train_dataset"] == "forgetbench_lab_digits"
-    assert state["signature"]["budget"] == 5.0
-    assert "--dataset_name" in state["steps"]["train/lora"]["command"]
-    adapter = out / "arms" / "lora" / "adapter"
-    if (adapter / "adapter_config.json").is_file():
-        out2 = tmp_path / "o2"
-        done = subprocess.run(command[:4] + ["--checkpoint", f"ext={adapter}", "--allow-lineage-mismatch", "--limit",
-                                             "4", "--upstream", "forgetbench_lab_color", "--out", str(out2),
-                                             "--cache-dir", str(tmp_path / "cache")],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        state = json.loads((out2 / "study.json").read_text())
-        assert state["steps"]["eval/ext"]["tuned_elsewhere"] is True
-        assert "train/ext" not in state["steps"]

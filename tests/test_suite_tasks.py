@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import lmms_eval_bin, run_command
+from conftest import lmms_eval_runs
 
 import forgetbench
 from forgetbench import suite
@@ -28,23 +28,22 @@ def suite_fixtures(tmp_path_factory) -> tuple[Path, dict]:
     return root, fixtures.write_all(root)
 
 
-def run_lmms_eval(lab_model: Path, root: Path, out: Path, tasks: list[str], limit: int) -> Path:
-    run_command([lmms_eval_bin(), "--model", "forgetbench", "--model_args", f"pretrained={lab_model}",
-                 "--include_path", str(root), "--tasks", ",".join(f"{t}{fixtures.LOCAL_SUFFIX}" for t in tasks),
-                 "--batch_size", "8", "--limit", str(limit), "--output_path", str(out), "--log_samples"],
-                cwd=out.parent)
-    (results,) = out.glob("*/*_results.json")  # lmms-eval exits 0 even on failure: the file is the proof
-    return results
+def lmms_eval_args(lab_model: Path, root: Path, out: Path, tasks: list[str], limit: int) -> list[str]:
+    return ["--model", "forgetbench", "--model_args", f"pretrained={lab_model}", "--include_path", str(root),
+            "--tasks", ",".join(f"{t}{fixtures.LOCAL_SUFFIX}" for t in tasks), "--batch_size", "8",
+            "--limit", str(limit), "--output_path", str(out), "--log_samples"]
 
 
 @pytest.fixture(scope="module")
 def suite_run(lab_model, suite_fixtures, tmp_path_factory) -> dict[str, tuple[dict, Path]]:
-    """Two lmms-eval CLI runs: the generation tasks on up to 8 fixture documents, the closed sets on 1."""
+    """Two lmms-eval runs (one process): the generation tasks on up to 8 fixture documents, the closed sets on 1."""
     root, _ = suite_fixtures
     out = tmp_path_factory.mktemp("suite_run")
+    plan = (("generation", [t for t in OWN_TASKS if t not in CLOSED], 8), ("closed", CLOSED, 1))
+    lmms_eval_runs([lmms_eval_args(lab_model, root, out / name, tasks, limit) for name, tasks, limit in plan], out)
     runs = {}
-    for name, tasks, limit in (("generation", [t for t in OWN_TASKS if t not in CLOSED], 8), ("closed", CLOSED, 1)):
-        results_file = run_lmms_eval(lab_model, root, out / name, tasks, limit)
+    for name, tasks, _ in plan:
+        (results_file,) = (out / name).glob("*/*_results.json")  # lmms-eval exits 0 even on failure: the proof
         runs |= {task: (json.loads(results_file.read_text()), results_file.parent) for task in tasks}
     return runs
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from forgetbench import evaluate, recipes_path, suite
-from forgetbench.checkpoint import LAB_MODEL_ALIAS, resolve_model, same_model
+from forgetbench.checkpoint import LAB_MODEL_ALIAS, manifest_path, read_manifest, resolve_model, same_model
 from forgetbench.errors import one_line
 from forgetbench.study.errors import StudyError
 from forgetbench.train import configs
@@ -462,6 +462,24 @@ def _same_base(base: str, model: str, location: str) -> bool:
     return same_model(base, model)
 
 
+def _check_own_manifest(path: Path, what: str, ctx: _Context) -> None:
+    """A checkpoint that carries a forgetbench manifest (a copy of a forgetbench output, or of the base model's folder)
+    is paired by compare through it: refused now when it names another origin than the study's base, which compare
+    would refuse after the evaluation was paid for (no --allow-lineage-mismatch: compare does not take it)."""
+    try:
+        manifest = read_manifest(path)
+    except (OSError, ValueError) as exc:
+        raise StudyError(f"{what}: cannot read its {manifest_path(path).name} ({one_line(exc)})") from None
+    if manifest is None or _same_base(str(path), ctx.model, ctx.location):  # none, or the base's own folder
+        return
+    names = [manifest.get(key) for key in ("base_model", "base_model_path")] if isinstance(manifest, dict) else []
+    if any(isinstance(n, str) and _same_base(n, ctx.model, ctx.location) for n in names):
+        return
+    origin = "trained from scratch" if names and names[0] is None else f"tuned from {names[0] if names else None!r}"
+    raise StudyError(f"{what}: its {manifest_path(path).name} says it was {origin}, not tuned from the study's base "
+                     f"{ctx.model}: compare would refuse to pair it with the baseline")
+
+
 def checkpoint_arm(name: str, folder: object, ctx: _Context) -> Arm:
     """An arm tuned elsewhere: a merged model folder or a PEFT adapter folder over the study's base, its lineage
     checked before anything runs (refused unless --allow-lineage-mismatch)."""
@@ -501,6 +519,7 @@ def checkpoint_arm(name: str, folder: object, ctx: _Context) -> Arm:
     else:
         raise StudyError(f"{what}: holds neither adapter_config.json (a PEFT adapter) nor config.json (a merged "
                          "model)")
+    _check_own_manifest(path, what, ctx)
     if why is not None:
         if not ctx.allow_lineage_mismatch:
             raise StudyError(f"{what}: {why}; pass {_ALLOW_LINEAGE} to evaluate it anyway")
