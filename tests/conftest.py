@@ -41,6 +41,11 @@ BIN = Path(sys.executable).parent
 CHEAP_SHARED_FIXTURES = {"lab_model", "summary", "one_thread"}
 
 
+def pytest_configure(config):
+    # pytest-xdist declares the mark; declared here too, so `-p no:xdist` runs (one process) keep --strict-markers.
+    config.addinivalue_line("markers", "xdist_group(name): tests that share a worker under --dist loadgroup")
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Under ``--dist loadgroup`` (make test), tests that share an expensive module- or session-scoped fixture of
@@ -124,14 +129,27 @@ def lab_study(tmp_path_factory) -> LabStudy:
     return LabStudy(out, cache, completed.stdout)
 
 
-def lmms_eval_runs(runs: list[list[str]], cwd: Path) -> None:
+def train_here(method: str, argv: list[str]) -> None:
+    """``tests/helpers/hooked_recipe.py METHOD ARGV`` (recipes/<method>.py with the tests' fault-injection callbacks)
+    in this process, for tests where no process boundary is under test: no interpreter start-up is paid."""
+    helpers = str(REPO / "tests" / "helpers")
+    if helpers not in sys.path:
+        sys.path.insert(0, helpers)
+    import hooked_recipe
+
+    hooked_recipe.main([method, *argv])
+
+
+def lmms_eval_runs(runs: list[list[str]], cwd: Path, environments: list[dict[str, str]] | None = None) -> None:
     """Several ``lmms-eval ARGS...`` runs in one child process: each calls the function the ``lmms-eval`` command
-    runs (``lmms_eval.cli.dispatch:main``, its console script) with its own ``sys.argv``. The output is lmms-eval's
-    own; its imports and task index (about 8 s on 2 cores) are paid once, not once per run. Tests whose point is the
-    installed command itself run ``lmms_eval_bin()``."""
-    script = ("import sys\nfrom lmms_eval.cli.dispatch import main\n"
-              f"for argv in {[[str(a) for a in run] for run in runs]!r}:\n"
-              "    sys.argv = ['lmms-eval', *argv]\n    main()\n")
+    runs (``lmms_eval.cli.dispatch:main``, its console script) with its own ``sys.argv`` (and, when given, its own
+    environment variables set first). The output is lmms-eval's own; its imports and task index (about 8 s on 2
+    cores) are paid once, not once per run. Tests whose point is the installed command itself run
+    ``lmms_eval_bin()``."""
+    plan = [([str(a) for a in run], env) for run, env in zip(runs, environments or [{}] * len(runs), strict=True)]
+    script = ("import os, sys\nfrom lmms_eval.cli.dispatch import main\n"
+              f"for argv, env in {plan!r}:\n"
+              "    os.environ.update(env)\n    sys.argv = ['lmms-eval', *argv]\n    main()\n")
     run_command([sys.executable, "-c", script], cwd=cwd)
 
 

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import lmms_eval_bin, run_command
+from conftest import lmms_eval_runs
 from test_compare import POST, PRE, invoke, lmms_results
 
 from forgetbench.compare import main, pairing
@@ -130,19 +130,17 @@ def git_repo(folder: Path) -> Path:
     return folder / ".git"
 
 
-def test_real_runs_from_two_repositories_pair(tmp_path, lab_model, monkeypatch, capsys):
+def test_real_runs_from_two_repositories_pair(tmp_path, lab_model, capsys):
     """lmms-eval runs ``git describe`` in site-packages, not in the cwd: GIT_DIR stands in for a venv inside each
     repository (a commit between the two runs)."""
+    names = ("pre", "post")
+    lmms_eval_runs([["--model", "forgetbench", "--model_args", f"pretrained={lab_model}", "--tasks", f"{DOWN},{UP}",
+                     "--limit", "4", "--output_path", str(tmp_path / name), "--log_samples"] for name in names],
+                   tmp_path, [{"GIT_DIR": str(git_repo(tmp_path / f"repo_{name}"))} for name in names])
     found = {}
-    for name in ("pre", "post"):
-        monkeypatch.setenv("GIT_DIR", str(git_repo(tmp_path / f"repo_{name}")))
-        out = tmp_path / name
-        run_command([lmms_eval_bin(), "--model", "forgetbench", "--model_args", f"pretrained={lab_model}",
-                     "--tasks", f"{DOWN},{UP}", "--limit", "4", "--output_path", str(out), "--log_samples"],
-                    cwd=tmp_path)
-        (file,) = out.glob("*/*_results.json")
+    for name in names:
+        (file,) = (tmp_path / name).glob("*/*_results.json")
         found[name] = json.loads(file.read_text())["lmms_eval_version"]
-    monkeypatch.delenv("GIT_DIR")
     assert found["pre"] != found["post"] and "@" in found["pre"]  # two commits recorded
     report = tmp_path / "r.json"
     rc = main(["--pre", str(tmp_path / "pre"), "--post", str(tmp_path / "post"), "--downstream", DOWN,

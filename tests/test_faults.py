@@ -10,7 +10,7 @@ import sys
 import time
 
 import torch
-from conftest import REPO
+from conftest import REPO, train_here
 
 HOOKED = [str(REPO / "tests" / "helpers" / "hooked_recipe.py"), "lora", "--save-rank-state"]
 ARGS = ["--config", str(REPO / "recipes" / "configs" / "lab" / "lora.yaml"), "--lora_r", "4", "--warmup_steps", "0",
@@ -30,7 +30,6 @@ def _finish(process: subprocess.Popen) -> tuple[int, str]:
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     steps = ["--max_steps", "20", "--save_steps", "5", "--logging_steps", "5"]
-    straight = _recipe(tmp_path / "straight", *steps)
     killed = _recipe(tmp_path / "killed", *steps)
     first = tmp_path / "killed" / "checkpoint-5" / "trainer_state.json"  # written last: the checkpoint is whole
     deadline = time.monotonic() + 300
@@ -43,16 +42,20 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
 
     code, err = _finish(_recipe(tmp_path / "killed", *steps, "--resume_from_checkpoint", "last"))
     assert code == 0, err[-3000:]
-    assert _finish(straight)[0] == 0
+    train_here("lora", [*HOOKED[2:], *ARGS, "--output_dir", str(tmp_path / "straight"), *steps])  # uninterrupted
     resumed, uninterrupted = (torch.load(tmp_path / name / "rank0.pt") for name in ("killed", "straight"))
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
 
 
-def test_nan_loss_stops_within_one_logging_step_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_within_one_logging_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    import pytest
+
     out = tmp_path / "run"
-    code, err = _finish(_recipe(out, "--max_steps", "30", "--save_steps", "5", "--logging_steps", "5",
-                                "--nan-at-step", "7"))
+    with pytest.raises(SystemExit) as exit_info:
+        train_here("lora", [*ARGS, "--output_dir", str(out), "--max_steps", "30", "--save_steps", "5",
+                            "--logging_steps", "5", "--nan-at-step", "7"])
+    code, err = exit_info.value.code, capsys.readouterr().err
     assert code == 2
     message = err.strip().splitlines()[-1]
     # Poisoned before step 7; step 10 both logs (loss) and would save: caught there, nothing written.

@@ -214,7 +214,7 @@ MITIGATION = Entry(name="demo", order=40, options=(Option("demo_note", str | Non
                    points=lambda mitigations: ["demo-1"] if mitigations.get("demo") else [])
 '''
 DEMO_RUNNER = '''
-import importlib, json, sys
+import contextlib, importlib, io, json, os, sys
 import forgetbench.train.mitigations as mitigations
 mitigations.__path__.append(sys.argv[1])
 mitigations.entries.cache_clear()
@@ -222,7 +222,17 @@ import forgetbench.train.recipe as recipe
 importlib.reload(recipe)
 from pathlib import Path
 from forgetbench.train import extra_points
-recipe.recipe_main("lora", sys.argv[3:])
+argv = sys.argv[3:]
+# first the refused run (its stderr kept apart, and whether it wrote anything), then the same with a good note
+stderr = io.StringIO()
+with contextlib.redirect_stderr(stderr):
+    try:
+        recipe.recipe_main("lora", [*argv, "--demo_note", "bad"])
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+print(json.dumps({"code": code, "stderr": stderr.getvalue(), "wrote": os.path.exists(sys.argv[2])}))
+recipe.recipe_main("lora", [*argv, "--demo_note", "hello"])
 print(json.dumps([[name, str(path)] for name, path in extra_points(Path(sys.argv[2]))]))
 '''
 
@@ -233,22 +243,21 @@ def test_a_new_mitigation_is_one_module_the_recipe_finds(tmp_path):
     (tmp_path / "plugin").mkdir()
     (tmp_path / "plugin" / "demo.py").write_text(DEMO_MODULE)
     out = tmp_path / "out"
-    common = [sys.executable, "-c", DEMO_RUNNER, str(tmp_path / "plugin"), str(out), "--config",
-              str(REPO / "recipes" / "configs" / "lab" / "lora.yaml"), "--output_dir", str(out), *SHORT,
-              "--max_steps", "1", "--lora_r", "2"]
-    env = {**os.environ, **ENV_OFFLINE}
-    refused = subprocess.run([*common, "--demo_note", "bad"], capture_output=True, text=True, env=env, timeout=600)
-    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
-        "recipes/lora.py: error: --demo_note bad: refused")
-    assert not out.exists()
-    done = subprocess.run([*common, "--demo_note", "hello"], capture_output=True, text=True, env=env, timeout=600)
+    command = [sys.executable, "-c", DEMO_RUNNER, str(tmp_path / "plugin"), str(out), "--config",
+               str(REPO / "recipes" / "configs" / "lab" / "lora.yaml"), "--output_dir", str(out), *SHORT,
+               "--max_steps", "1", "--lora_r", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **ENV_OFFLINE}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    (refused,) = [json.loads(line) for line in lines if line.startswith('{"code"')]
+    assert refused["code"] == 2 and not refused["wrote"]
+    assert refused["stderr"].strip().splitlines()[-1] == "recipes/lora.py: error: --demo_note bad: refused"
     manifest = json.loads((out / "forgetbench_manifest.json").read_text())
     assert manifest["mitigations"] == {"replay": None, "kl": None, "l2sp": None, "wise": None,
                                        "demo": {"note": "hello", "record": {"kept": 8}, "trainer": "DemoTrainer",
                                                 "trainer_note": "hello"}}
     assert manifest["data"]["rows"] == 8 and (out / "demo-1").is_dir()
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == [["demo-1", str(out / "demo-1")]]
+    assert json.loads(lines[-1]) == [["demo-1", str(out / "demo-1")]]
 
 
 # --- replay ---------------------------------------------------------------------------------------------------------

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import BIN, REPO
+from conftest import BIN, REPO, train_here
 
 from forgetbench.train import launch_command
 
@@ -112,9 +111,8 @@ def test_last_probe_equals_lmms_eval_on_the_saved_model(watched):
 def test_budget_stops_early_and_saves_the_last_state_within_budget(tmp_path):
     out = tmp_path / "budget"
     # 2 points is below what 4 x 32 documents can detect (6.95): allowed, and recorded, on request.
-    _run([sys.executable, str(REPO / "recipes" / "full_st.py"), "--config", str(CONFIG), "--max_steps", "300",
-          "--forgetting_budget", "2", "--allow_underpowered_budget", "--probe_every", "5", "--output_dir", str(out),
-          *SMALL], tmp_path)
+    train_here("full_st", ["--config", str(CONFIG), "--max_steps", "300", "--forgetting_budget", "2",
+                            "--allow_underpowered_budget", "--probe_every", "5", "--output_dir", str(out), *SMALL])
     manifest = _manifest(out)
     probe = manifest["probe"]
     assert probe["power"] == {
@@ -186,14 +184,10 @@ def test_final_weights_equal_with_the_probe_on_and_off(tmp_path, method, extra):
     """Same seed, 6 steps: the probe (every 2 steps) leaves no trace in the weights. LoRA with dropout draws from
     torch's random stream at every step and has dropout modules the probe switches to eval and back."""
     config = REPO / "recipes" / "configs" / "lab" / f"{method}.yaml"
-    common = [HOOKED, method, "--save-rank-state", "--config", str(config), "--max_steps", "6", "--warmup_steps",
-              "0", "--max_train_samples", "64", *SMALL, *extra]
-    runs = {name: subprocess.Popen([sys.executable, *common, "--output_dir", str(tmp_path / name), *flags], env=ENV,
-                                   cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            for name, flags in (("on", ["--probe_every", "2", "--probe_limit", "8"]), ("off", []))}
-    for process in runs.values():
-        _, err = process.communicate(timeout=600)
-        assert process.returncode == 0, err[-3000:]
+    common = ["--save-rank-state", "--config", str(config), "--max_steps", "6", "--warmup_steps", "0",
+              "--max_train_samples", "64", *SMALL, *extra]
+    for name, flags in (("on", ["--probe_every", "2", "--probe_limit", "8"]), ("off", [])):
+        train_here(method, [*common, "--output_dir", str(tmp_path / name), *flags])
     assert [r["step"] for r in _records(tmp_path / "on")] == [0, 2, 4, 6]
     assert not (tmp_path / "off" / "forgetting_probe.jsonl").exists()
     on, off = (torch.load(tmp_path / name / "rank0.pt") for name in ("on", "off"))
