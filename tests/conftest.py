@@ -60,6 +60,9 @@ def pytest_collection_modifyitems(config, items):
             and defs[-1].func.__module__.split(".")[-1].startswith(("test_", "conftest")))
         if shared:
             item.add_marker(pytest.mark.xdist_group(shared[0]))
+    # xdist hands out work units (a group, or one ungrouped test) largest group first, then in this order: the
+    # ungrouped tests marked heavy go first, so the two workers do not end with one of them alone on a long test.
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
 
 
 def run_command(command: list[str], cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:

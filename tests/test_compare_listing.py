@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 from conftest import BIN, lmms_eval_bin
 
 from forgetbench import suite, tasks_path
@@ -30,6 +31,7 @@ def test_lists_every_registered_task(capsys):
     assert table[0].split() == ["task", "role", "metric", "offline", "data"] and len(table) == len(rows) + 1
 
 
+@pytest.mark.heavy
 def test_lmms_eval_tasks_list_needs_the_include_path():
     """``lmms-eval tasks list`` builds its TaskManager without importing lmms_eval.models, so the entry point that
     adds forgetbench's folder does not run there: --include-path does it (docs/lmms-eval.md)."""

@@ -130,6 +130,7 @@ def git_repo(folder: Path) -> Path:
     return folder / ".git"
 
 
+@pytest.mark.heavy
 def test_real_runs_from_two_repositories_pair(tmp_path, lab_model, capsys):
     """lmms-eval runs ``git describe`` in site-packages, not in the cwd: GIT_DIR stands in for a venv inside each
     repository (a commit between the two runs)."""

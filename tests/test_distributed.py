@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import BIN, REPO
+from conftest import BIN, REPO, train_here
 
 ARGS = ["--config", str(REPO / "recipes" / "configs" / "lab" / "lora.yaml"), "--max_steps", "4", "--lora_r", "4",
         "--logging_steps", "1", "--warmup_steps", "0", "--use_cpu", "true", "--max_train_samples", "64"]
@@ -24,11 +24,13 @@ def _run(command: list[str], out) -> None:
     assert completed.returncode == 0, completed.stderr[-3000:]
 
 
+@pytest.mark.heavy
 def test_two_processes_match_each_other_and_one_process_at_the_same_global_batch(tmp_path):
     recipe = [str(REPO / "tests" / "helpers" / "hooked_recipe.py"), "lora", "--save-rank-state"]
     _run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", *recipe,
           "--per_device_train_batch_size", "4"], tmp_path / "ddp")
-    _run([str(BIN / "python"), *recipe, "--per_device_train_batch_size", "8"], tmp_path / "single")
+    train_here("lora", ["--save-rank-state", "--per_device_train_batch_size", "8", *ARGS, "--output_dir",
+                        str(tmp_path / "single")])  # the 1-process reference: no launch under test, so in-process
 
     rank0, rank1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in (0, 1))
     single = torch.load(tmp_path / "single" / "rank0.pt")
@@ -135,6 +137,7 @@ def test_fsdp1_in_two_cpu_processes():
     """Kept to say why FSDP1 is not exercised: the recipes' FSDP config is FSDP2 (recipes/accelerate/fsdp.yaml)."""
 
 
+@pytest.mark.heavy
 def test_an_fsdp_launch_that_accelerate_runs_as_ddp_is_refused_before_training(tmp_path):
     completed = _recipe([*_fsdp_command("lora"), "--per_device_train_batch_size", "4"], "lora", tmp_path / "out",
                         check=False)

@@ -16,6 +16,7 @@ def read_samples(run_dir: Path, task: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.heavy
 def test_stock_lmms_eval_cli_finds_and_runs_a_forgetbench_task(lab_model, tmp_path):
     """No --include_path: the installed entry point is what makes lmms-eval see forgetbench_lab_*."""
     out = tmp_path / "eval"

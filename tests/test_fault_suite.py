@@ -522,6 +522,7 @@ def test_a_config_or_flag_fault_is_refused_in_one_line_before_any_model_loads(ca
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.heavy
 def test_issue_case_c_accelerate_launch_quiet_adds_no_traceback(tmp_path):
     """The documented launch, ``accelerate launch -q``: the recipe's one line, no CalledProcessError traceback
     (accelerate's own notice about its defaults, when no accelerate config exists, is accelerate's)."""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from conftest import REPO, train_here
 
@@ -28,6 +29,7 @@ def _finish(process: subprocess.Popen) -> tuple[int, str]:
     return process.returncode, err
 
 
+@pytest.mark.heavy
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     steps = ["--max_steps", "20", "--save_steps", "5", "--logging_steps", "5"]
     killed = _recipe(tmp_path / "killed", *steps)
@@ -49,8 +51,6 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_nan_loss_stops_within_one_logging_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
-    import pytest
-
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
         train_here("lora", [*ARGS, "--output_dir", str(out), "--max_steps", "30", "--save_steps", "5",
@@ -71,8 +71,6 @@ def test_nan_loss_stops_within_one_logging_step_and_keeps_the_last_good_checkpoi
 
 
 def test_bad_input_is_one_line_naming_it(tmp_path, capsys):
-    import pytest
-
     from forgetbench.train import recipe_main
 
     cases = {("--dataset_name", "forgetbench_lab_nosuch"): "--dataset_name forgetbench_lab_nosuch: cannot load",

@@ -237,6 +237,7 @@ print(json.dumps([[name, str(path)] for name, path in extra_points(Path(sys.argv
 '''
 
 
+@pytest.mark.heavy
 def test_a_new_mitigation_is_one_module_the_recipe_finds(tmp_path):
     import os
 

@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import REPO, run_command
 
@@ -77,6 +78,7 @@ def test_every_task_yaml_loads_through_the_task_manager():
     assert len(loaded) == 2
 
 
+@pytest.mark.heavy
 def test_plugin_entry_point_makes_the_stock_task_manager_find_our_tasks():
     """What happens inside a plain `lmms-eval` run: importing lmms_eval.models loads our entry point."""
     code = (

@@ -162,6 +162,7 @@ hooked_recipe.main(sys.argv[1:])
 """
 
 
+@pytest.mark.heavy
 def test_two_processes_stop_together_with_identical_weights(tmp_path):
     script = tmp_path / "recipe_with_steps.py"
     script.write_text(STEP_RECORDER)

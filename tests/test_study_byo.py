@@ -159,6 +159,7 @@ def _peft_adapter(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.heavy
 @SKIP
 def test_your_data_and_an_adapter_tuned_with_plain_peft_in_one_study(tmp_path):
     tasks = _user_task(tmp_path)
