@@ -89,10 +89,9 @@ class LabStudy(NamedTuple):
     stdout: str
 
 
-# The one real study most tests read (the study, end-to-end and lmms-model tests): two arms, a LoRA recipe the study
-# trains and a full checkpoint tuned elsewhere that it only evaluates, cut to a few documents and steps: one training,
-# three lmms-eval runs. Other studies reuse its settings (and so its cached baseline).
-LAB_STUDY_YAML = "limit: 24\narms:\n  lora: {{recipe: lora}}\n  elsewhere: {{checkpoint: {checkpoint}}}\n"
+# The one real study most tests read (the study, end-to-end and lmms-model tests): the lab's LoRA recipe as one arm, cut
+# to a few documents and steps (one training, two lmms-eval runs). Other studies (more arms, checkpoints tuned
+# elsewhere, a killed one) reuse its settings, and so its cached baseline.
 LAB_STUDY_RECIPE_ARGS = "--max_steps 6 --logging_steps 2"
 
 
@@ -100,6 +99,28 @@ def lab_study_command(out: Path, cache: Path, *extra: str) -> list[str]:
     """A lab study with the shared one's documents and steps (so its baseline comes from the shared cache)."""
     return [str(BIN / "forgetbench"), "study", "--out", str(out), "--cache-dir", str(cache), "--limit", "24",
             "--recipe-args", LAB_STUDY_RECIPE_ARGS, *extra]
+
+
+def plain_peft_adapter(folder: Path) -> Path:
+    """A LoRA adapter on the lab model trained outside forgetbench: plain transformers + PEFT, two steps."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from forgetbench.checkpoint import lab_base_model_path
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(str(lab_base_model_path())),
+                           LoraConfig(target_modules=["q_proj", "v_proj"], r=4))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    vocab = model.config.get_text_config().vocab_size
+    for _ in range(2):
+        ids = torch.randint(0, vocab, (2, 12))
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(str(folder))
+    return folder
 
 
 def perturbed_copy(folder: Path, scale: float) -> Path:
@@ -121,14 +142,11 @@ def perturbed_copy(folder: Path, scale: float) -> Path:
 
 @pytest.fixture(scope="session")
 def lab_study(tmp_path_factory) -> LabStudy:
-    """The real ``forgetbench study`` (real lmms-eval CLI, a real accelerate + TRL recipe) on the lab: the arm lora
-    (6 steps) and the arm elsewhere (``{checkpoint: DIR}``: the base with a little noise, no forgetbench manifest),
-    24 documents per task."""
+    """The real ``forgetbench study`` (real lmms-eval CLI, a real accelerate + TRL recipe) on the lab: the arm lora,
+    6 steps, 24 documents per task."""
     root = tmp_path_factory.mktemp("lab-study")
-    config = root / "study.yaml"
-    config.write_text(LAB_STUDY_YAML.format(checkpoint=perturbed_copy(root / "tuned-elsewhere", 0.3)))
     out, cache = root / "study", root / "baselines"
-    completed = run_command(lab_study_command(out, cache, "--config", str(config)), cwd=root)
+    completed = run_command(lab_study_command(out, cache, "--methods", "lora"), cwd=root)
     return LabStudy(out, cache, completed.stdout)
 
 

@@ -911,9 +911,12 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     import time
 
     out = tmp_path / "study"
+    # A shell that starts a job in the background (`make test &`) makes it ignore SIGINT, and children inherit
+    # that: the study gets Ctrl-C's default meaning back, as in a terminal.
     process = subprocess.Popen([str(BIN / "forgetbench"), "study", "--out", str(out), "--methods", "lora", "--limit",
                                 "2", "--cache-dir", str(tmp_path / "cache")], cwd=tmp_path, env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while process.poll() is None and not (out / "logs").is_dir() and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -1,5 +1,5 @@
-"""The multi-arm study: arms (a recipe it trains, a checkpoint tuned elsewhere) against one base, the outputs, the
-cached baseline, resume after SIGKILL, WiSE-FT points, and the report rendered in a real browser."""
+"""The study: its outputs, checkpoints tuned elsewhere (a plain-PEFT adapter, a full checkpoint), the cached
+baseline, resume after SIGKILL, WiSE-FT points of an arm, and the report rendered in a real browser."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from conftest import REPO, lab_study_command, run_command
+from conftest import REPO, lab_study_command, perturbed_copy, plain_peft_adapter, run_command
 
 
 def _study(lab_study, out, *extra: str) -> list[str]:
@@ -23,28 +23,29 @@ def _study(lab_study, out, *extra: str) -> list[str]:
 
 
 def _efo(out) -> dict:
+    """E, F, O per method of a study's compare.json (one arm: compare's own report; several: under "methods")."""
     report = json.loads((out / "compare.json").read_text())
-    return {name: (m["E"], m["F"], m["O"]) for name, m in report["methods"].items()}
+    methods = report["methods"] if "methods" in report else {report["name"]: report}
+    return {name: (m["E"], m["F"], m["O"]) for name, m in methods.items()}
 
 
-def test_two_arms_write_every_output(lab_study):
+def test_a_study_writes_every_output(lab_study):
     out, stdout = lab_study.out, lab_study.stdout
     from forgetbench.compare.report import SCHEMA
 
     report = json.loads((out / "compare.json").read_text())
-    assert report["schema"] == SCHEMA and list(report["methods"]) == ["lora", "elsewhere"]
+    assert report["schema"] == SCHEMA and list(_efo(out)) == ["lora"]  # one arm: compare's own report
     for name in ("compare.md", "compare.csv", "forgotten.csv", "ef.png", "report.html", "summary.txt"):
         assert (out / name).is_file(), name
     state = json.loads((out / "study.json").read_text())
-    assert list(state["steps"]) == ["baseline", "train/lora", "eval/lora", "eval/elsewhere", "compare", "report"]
+    assert list(state["steps"]) == ["baseline", "train/lora", "eval/lora", "compare", "report"]
     manifest = json.loads((out / "arms" / "lora" / "forgetbench_manifest.json").read_text())
     assert manifest["method"] == "lora" and manifest["steps"] == 6
-    for arm in ("lora", "elsewhere"):
-        config = json.loads(next((out / "eval" / arm).glob("*/*_results.json")).read_text())["config"]
-        assert config["model"] == "forgetbench" and config["limit"] == 24  # batched, forgetbench's own wrapper
+    config = json.loads(next((out / "eval" / "lora").glob("*/*_results.json")).read_text())["config"]
+    assert config["model"] == "forgetbench" and config["limit"] == 24  # batched, forgetbench's own wrapper
     assert "reusing the cached evaluation" not in stdout
     # Throughput per evaluation: 5 tasks x 24 documents, timed around the whole lmms-eval process
-    evaluations = ("baseline", "eval/lora", "eval/elsewhere")
+    evaluations = ("baseline", "eval/lora")
     for step in evaluations:
         speed = state["steps"][step]["throughput"]
         assert speed["backend"] == "forgetbench" and speed["samples"] == 120, step
@@ -60,18 +61,39 @@ def test_two_arms_write_every_output(lab_study):
         assert f"<td>{speed['samples']}</td>" in html and f"<td>{speed['samples_per_second']:.2f}</td>" in html
     assert "samples/s (whole lmms-eval process): baseline 120 in" in (out / "summary.txt").read_text()
     csv_methods = {line.split(",")[0] for line in (out / "compare.csv").read_text().splitlines()[1:]}
-    assert csv_methods == {"lora", "elsewhere"}
-
-
-def test_the_arm_tuned_elsewhere_is_evaluated_not_trained_and_the_recipe_arm_trains_on_the_target(lab_study):
-    state = json.loads((lab_study.out / "study.json").read_text())
-    assert state["steps"]["eval/elsewhere"]["tuned_elsewhere"] is True and "train/elsewhere" not in state["steps"]
-    assert not (lab_study.out / "arms" / "elsewhere").exists()  # nothing trained, nothing copied
-    (trained,) = [arm for arm in state["signature"]["arms"] if arm["name"] == "lora"]
+    assert csv_methods == {"lora"}
+    (trained,) = state["signature"]["arms"]
     assert trained["train_dataset"] == "forgetbench_lab_digits"  # the lab's downstream task, not an example set
     command = state["steps"]["train/lora"]["command"]
     assert command[command.index("--dataset_name") + 1] == "forgetbench_lab_digits"
-    html = (lab_study.out / "report.html").read_text()
+
+
+@pytest.fixture(scope="module")
+def elsewhere(lab_study, tmp_path_factory) -> Path:
+    """A study of two checkpoints tuned elsewhere, nothing to train: a LoRA adapter made with plain PEFT and a full
+    checkpoint (the base plus noise), with the shared study's settings (its baseline comes from the cache)."""
+    root = tmp_path_factory.mktemp("elsewhere")
+    adapter, merged = plain_peft_adapter(root / "adapter"), perturbed_copy(root / "merged", 0.3)
+    run_command(_study(lab_study, root / "study", "--checkpoint", f"peft={adapter}", "--checkpoint",
+                       f"merged={merged}"), cwd=root)
+    return root / "study"
+
+
+def test_checkpoints_tuned_elsewhere_are_evaluated_not_trained_and_said_so(elsewhere):
+    state = json.loads((elsewhere / "study.json").read_text())
+    assert list(state["steps"]) == ["baseline", "eval/peft", "eval/merged", "compare", "report"]
+    assert state["steps"]["baseline"]["cached"]  # the shared study's baseline
+    for arm in ("peft", "merged"):
+        assert state["steps"][f"eval/{arm}"]["tuned_elsewhere"] is True
+    assert not (elsewhere / "arms").exists()  # nothing trained, nothing copied
+    methods = json.loads((elsewhere / "compare.json").read_text())["methods"]
+    assert list(methods) == ["peft", "merged"]
+    for arm in methods:
+        assert {task: row["n"] for task, row in methods[arm]["tasks"].items()} == dict.fromkeys(
+            ["forgetbench_lab_digits", "forgetbench_lab_color", "forgetbench_lab_shape", "forgetbench_lab_count",
+             "forgetbench_lab_printed"], 24)
+    html = (elsewhere / "report.html").read_text()
+    assert "tuned elsewhere: a PEFT adapter (LORA) over " in html
     assert "tuned elsewhere: a merged model (LlavaForConditionalGeneration)" in html
 
 
@@ -186,7 +208,7 @@ def test_the_report_renders_every_arm_in_a_real_browser(lab_study, tmp_path):
     text = subprocess.run([PDFTOTEXT, "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     html = (out / "report.html").read_text()
     assert "http://" not in html and "https://" not in html  # self-contained
-    for arm in ("lora", "elsewhere"):
+    for arm in ("lora",):
         assert f"{arm} gained" in text or f"{arm} lost" in text, arm  # the headline's verdict, as rendered
     for heading in ("Headline", "E versus F", "Per task", "Answer kinds", "Samples that flipped", "Provenance"):
         assert heading in text, heading

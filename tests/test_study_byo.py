@@ -1,7 +1,8 @@
-"""Bring your own (issue 20's done-criterion, issue 21 item 5): your data (forgetbench task add), an adapter tuned
-outside forgetbench with plain PEFT (forgetbench study --checkpoint), and every family's tiny model through a whole
-study. The report says, next to each arm, what the study knows of it: tuned elsewhere, what it trained on when that
-is not the downstream task's train split, and replay of an evaluated task's train split (F is flattered)."""
+"""Bring your own (issue 20's done-criterion, issue 21 item 5): your data (forgetbench task add) as the task a study
+trains on and measures, and every family's tiny model through a whole study (an adapter tuned outside forgetbench
+with plain PEFT goes through --checkpoint in tests/test_study.py). The report says, next to each arm, what the study
+knows of it: tuned elsewhere, what it trained on when that is not the downstream task's train split, and replay of
+an evaluated task's train split (F is flattered)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from forgetbench import study
-from forgetbench.checkpoint import lab_base_model_path, manifest_path
+from forgetbench.checkpoint import manifest_path
 
 REPO = Path(__file__).resolve().parents[1]
 SKIP = pytest.mark.skipif(os.environ.get("FORGETBENCH_SKIP_STUDY") == "1", reason="FORGETBENCH_SKIP_STUDY=1")
@@ -137,48 +138,23 @@ def _user_task(tmp_path: Path) -> Path:
     return tasks
 
 
-def _peft_adapter(folder: Path) -> Path:
-    """A LoRA adapter on the lab model trained outside forgetbench: plain transformers + PEFT, two steps."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForImageTextToText
-
-    torch.manual_seed(0)
-    base = lab_base_model_path()
-    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(str(base)),
-                           LoraConfig(target_modules=["q_proj", "v_proj"], r=4))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    vocab = model.config.get_text_config().vocab_size
-    for _ in range(2):
-        ids = torch.randint(0, vocab, (2, 12))
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.save_pretrained(str(folder))
-    return folder
-
-
-@pytest.mark.heavy
 @SKIP
-def test_your_data_and_an_adapter_tuned_with_plain_peft_in_one_study(tmp_path):
+def test_your_data_is_what_the_study_trains_on_and_measures(tmp_path):
     tasks = _user_task(tmp_path)
-    adapter = _peft_adapter(tmp_path / "adapter")
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    assert Path(config["base_model_name_or_path"]).resolve() == lab_base_model_path().resolve()
     out = tmp_path / "out"
     _study(tmp_path, "--model", "forgetbench-lab", "--tasks-dir", str(tasks), "--downstream", "my_squares",
-           "--upstream", "forgetbench_lab_color", "--methods", "lora", "--checkpoint", f"peft_arm={adapter}",
-           "--limit", "8", "--recipe-args", "--max_steps 3", "--out", str(out), "--cache-dir", str(tmp_path / "c"))
-    methods = json.loads((out / "compare.json").read_text())["methods"]
-    for arm in ("lora", "peft_arm"):
-        assert methods[arm]["tasks"]["my_squares"]["n"] == 8
-        assert methods[arm]["tasks"]["forgetbench_lab_color"]["n"] == 8
+           "--upstream", "forgetbench_lab_color", "--methods", "lora", "--limit", "8", "--recipe-args",
+           "--max_steps 3", "--out", str(out), "--cache-dir", str(tmp_path / "c"))
+    tasks_measured = json.loads((out / "compare.json").read_text())["tasks"]  # one arm: compare's own report
+    assert {task: (row["role"], row["n"]) for task, row in tasks_measured.items()} == {
+        "my_squares": ("downstream", 8), "forgetbench_lab_color": ("upstream", 8)}
     state = json.loads((out / "study.json").read_text())
-    assert state["steps"]["eval/peft_arm"]["tuned_elsewhere"] is True and "train/peft_arm" not in state["steps"]
-    assert "--dataset_name" in state["steps"]["train/lora"]["command"]
+    command = state["steps"]["train/lora"]["command"]
+    assert command[command.index("--dataset_name") + 1] == "my_squares"
+    assert command[command.index("--tasks_dir") + 1] == str(tasks.resolve())
+    manifest = json.loads((out / "arms" / "lora" / "forgetbench_manifest.json").read_text())
+    assert manifest["data"]["dataset"] == "my_squares"
     headline, text = _page((out / "report.html").read_text())
-    assert "tuned elsewhere: a PEFT adapter (LORA) over " in headline["peft_arm"]
     assert "tuned elsewhere" not in headline["lora"]
     assert "arm lora: trains on my_squares: the downstream task's train split" in text
 
