@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from conftest import REPO, lab_study_command, perturbed_copy, plain_peft_adapter, run_command
+from conftest import REPO, lab_study_command, perturbed_copy, plain_peft_adapter, run_command, train_here
 
 
 def _study(lab_study, out, *extra: str) -> list[str]:
@@ -106,12 +106,11 @@ class Resumed(NamedTuple):
 
 @pytest.fixture(scope="module")
 def resumed(lab_study, tmp_path_factory) -> Resumed:
-    """The shared study's lora arm again, with a WiSE-FT point (0.5), in a study SIGKILLed (its whole process group,
-    as Ctrl-C, scancel or a closed terminal would) while it evaluates the trained arm, then run again."""
+    """The shared study again, SIGKILLed (its whole process group, as Ctrl-C, scancel or a closed terminal would)
+    while it evaluates the trained arm, then run again."""
     root = tmp_path_factory.mktemp("resumed")
     out, state = root / "study", root / "study" / "study.json"
     command = _study(lab_study, out, "--methods", "lora")
-    command[command.index("--recipe-args") + 1] += " --wise_alphas 0.5"
     with open(root / "killed.out", "w") as stdout:
         process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.STDOUT, cwd=root,
                                    start_new_session=True)
@@ -134,9 +133,7 @@ def test_a_study_killed_while_it_evaluates_and_rerun_ends_with_the_same_numbers(
     assert resumed.done_when_killed == ["baseline", "train/lora"]
     assert "[train/lora] already done" in resumed.rerun_stdout
     assert not list(resumed.out.glob("eval/.*partial*"))  # the killed evaluation's partial output is gone
-    resumed_efo, uninterrupted = _efo(resumed.out), _efo(lab_study.out)
-    assert set(resumed_efo) == {"lora", "lora@wise-0.5"}
-    assert resumed_efo["lora"] == pytest.approx(uninterrupted["lora"])
+    assert _efo(resumed.out) == pytest.approx(_efo(lab_study.out))
 
 
 def test_a_second_study_reuses_the_cached_baseline_and_says_so(lab_study, resumed):
@@ -150,13 +147,19 @@ def test_a_second_study_reuses_the_cached_baseline_and_says_so(lab_study, resume
     assert baseline["throughput"] == {**first, "from_cache": True}
 
 
-def test_wise_ft_alphas_become_points_of_the_frontier_without_retraining(resumed):
-    report = json.loads((resumed.out / "compare.json").read_text())
-    assert list(report["methods"]) == ["lora", "lora@wise-0.5"]
-    steps = json.loads((resumed.out / "study.json").read_text())["steps"]
-    assert "eval/lora@wise-0.5" in steps and "train/lora@wise-0.5" not in steps  # evaluated, not trained
-    manifest = json.loads((resumed.out / "arms" / "lora" / "wise-0.5" / "forgetbench_manifest.json").read_text())
-    assert manifest["base_model"] == "forgetbench-lab"
+def test_wise_ft_alphas_become_points_of_the_frontier_without_retraining(tmp_path):
+    """What the study evaluates after an arm trained with --wise_alphas: the arm, then each alpha's interpolated
+    checkpoint as <arm>@wise-<alpha>, none of them trained again (the recipe runs here, in-process; the whole
+    study with WiSE-FT points: tests/test_end_to_end.py's slow full lab study, and `make study`)."""
+    from forgetbench.study import steps
+
+    plan = _plan("--methods", "lora", "--recipe-args", "--max_steps 1 --wise_alphas 0.5", "--out", str(tmp_path))
+    (arm,) = plan.arms
+    folder = tmp_path / "arms" / "lora"
+    train_here("lora", ["--config", arm.config, *arm.args, "--output_dir", str(folder), "--lora_r", "2"])
+    assert steps.points_of(arm, tmp_path) == [("lora", folder), ("lora@wise-0.5", folder / "wise-0.5")]
+    manifest = json.loads((folder / "wise-0.5" / "forgetbench_manifest.json").read_text())
+    assert manifest["base_model"] == "forgetbench-lab" and manifest["mitigations"]["wise"]["alpha"] == 0.5
 
 
 def test_a_prompt_tuning_arm_is_refused_up_front(tmp_path):
