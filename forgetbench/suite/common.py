@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
 from PIL import Image
+
+from forgetbench.errors import ForgetbenchError, one_line
+
+T = TypeVar("T")
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 
@@ -78,3 +86,12 @@ def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str
 def first(results: list) -> str:
     """The model's answer from lmms-eval's ``results`` list (empty string when there is none)."""
     return str(results[0]) if results else ""
+
+
+def convert_or_refuse(release: Path, convert: Callable[[], T]) -> T:
+    """A dataset converter's work (``forgetbench convert ...``), with a release that cannot be read refused in one
+    line naming it."""
+    try:
+        return convert()
+    except (ValueError, OSError, KeyError) as exc:
+        raise ForgetbenchError(f"--release {release}: {one_line(exc)}") from None

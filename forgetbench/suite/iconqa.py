@@ -20,9 +20,9 @@ import json
 import sys
 from pathlib import Path
 
-from forgetbench.errors import ForgetbenchError, command_main, emit, one_line
+from forgetbench.errors import command_main, emit
 from forgetbench.suite import scoring
-from forgetbench.suite.common import SHORT_ANSWER, conversation, first, rgb
+from forgetbench.suite.common import SHORT_ANSWER, conversation, convert_or_refuse, first, rgb
 
 SUB_TASKS = ("choose_txt", "choose_img", "fill_in_blank")
 MAX_CHOICE_IMAGES = 5
@@ -168,10 +168,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``forgetbench convert iconqa``: a release that cannot be read is one line naming it."""
-    try:
-        written = convert_release(args.release, args.split, args.out)
-    except (ValueError, OSError, KeyError) as exc:
-        raise ForgetbenchError(f"--release {args.release}: {one_line(exc)}") from None
+    written = convert_or_refuse(args.release, lambda: convert_release(args.release, args.split, args.out))
     return emit(str(written))
 
 

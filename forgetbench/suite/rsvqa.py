@@ -23,9 +23,9 @@ import json
 import sys
 from pathlib import Path
 
-from forgetbench.errors import ForgetbenchError, command_main, emit, one_line
+from forgetbench.errors import command_main, emit
 from forgetbench.suite import scoring
-from forgetbench.suite.common import doc_to_text, doc_to_visual, first, prompt, to_sft_example
+from forgetbench.suite.common import convert_or_refuse, doc_to_text, doc_to_visual, first, prompt, to_sft_example
 
 __all__ = ["convert_release", "doc_to_text", "doc_to_visual", "prompt", "to_sft_example"]
 
@@ -124,10 +124,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``forgetbench convert rsvqa``: a release that cannot be read is one line naming it."""
-    try:
-        written = convert_release(args.release, args.variant, args.out)
-    except (ValueError, OSError, KeyError) as exc:
-        raise ForgetbenchError(f"--release {args.release}: {one_line(exc)}") from None
+    written = convert_or_refuse(args.release, lambda: convert_release(args.release, args.variant, args.out))
     return emit("\n".join(str(path) for path in written))
 
 
