@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -182,13 +184,55 @@ def test_a_second_study_on_the_same_out_is_refused_while_the_first_runs_and_a_ki
     holder = _hold(out / study.LOCK_NAME)  # the first study, running
     try:
         assert _refusal(capsys, "--out", str(out)) == (
-            f"--out {out}: another forgetbench study is running on it (it holds {out / study.LOCK_NAME}); wait for "
-            "it to end, or choose another --out")
+            f"--out {out}: another forgetbench study, or a step an earlier run of it started, is running on it (it "
+            f"holds {out / study.LOCK_NAME}); wait for it to end, or choose another --out")
     finally:
         holder.send_signal(signal.SIGKILL)  # killed, as a user's kill -9 or an OOM kill would
         holder.wait()
     with study.state.study_lock(out):  # its OS lock went with it
         pass
+
+
+# A study controller (the lock, then one step that sleeps and says its pid), to be killed on its own.
+CONTROLLER = """
+import sys
+from pathlib import Path
+from forgetbench.study import steps, state
+out = Path(sys.argv[1])
+with state.study_lock(out) as fd:
+    step = "import os, time; print(os.getpid(), flush=True); time.sleep(120)"
+    steps.run_logged("eval/x", [sys.executable, "-c", step], out, {}, (fd,))
+"""
+
+
+def test_a_step_left_running_by_a_study_killed_alone_keeps_out_locked_until_it_ends(tmp_path):
+    """kill -9 of the study's own pid leaves the step it started running: a rerun must not start that step again
+    beside it (both would write the same partial folder), so the step holds OUT's lock until it ends."""
+    out = tmp_path / "study"
+    out.mkdir()
+    controller = subprocess.Popen([sys.executable, "-c", CONTROLLER, str(out)])
+    log = steps.log_path(out, "eval/x")
+    deadline = time.monotonic() + 60
+    while not (log.is_file() and log.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    step_pid = int(log.read_text())
+    controller.send_signal(signal.SIGKILL)
+    controller.wait()
+    try:
+        with pytest.raises(StudyError, match="a step an earlier run of it started, is running on it"):
+            with study.state.study_lock(out):
+                pass
+    finally:
+        os.kill(step_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the orphan is gone once init has reaped it
+        try:
+            with study.state.study_lock(out):
+                break
+        except StudyError:
+            time.sleep(0.1)
+    else:
+        pytest.fail("the lock outlived the step that held it")
 
 
 def _fake_evaluation(folder: Path) -> Path:

@@ -83,8 +83,10 @@ def study(args) -> dict:
     out = args.out.resolve()
     check_out(out, args.overwrite)  # before the lock: nothing is written into a folder that is not the study's
     out.mkdir(parents=True, exist_ok=True)
-    with study_lock(out):
-        return _run_study(args, plan, location, State.open(out, plan, args.overwrite))
+    with study_lock(out) as lock_fd:
+        state = State.open(out, plan, args.overwrite)
+        state.lock_fds = (lock_fd,)
+        return _run_study(args, plan, location, state)
 
 
 def _run_study(args, plan: Plan, location: str, state: State) -> dict:

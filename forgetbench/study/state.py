@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,21 +26,25 @@ OWNED = ("eval", "arms", "logs", "jobs", *_FILES, *(f".{name}.*.tmp" for name in
 
 
 @contextlib.contextmanager
-def study_lock(out: Path) -> Iterator[None]:
-    """Hold ``OUT``'s lock for the whole study, or refuse at once: one study per ``--out``. An OS lock on an open
-    file (filelock), so a killed study's lock goes with its process."""
-    from filelock import FileLock, Timeout
+def study_lock(out: Path) -> Iterator[int]:
+    """Hold ``OUT``'s lock for the whole study, or refuse at once: one study per ``OUT``. An OS lock (``flock``) on
+    an open file, so it goes with the last process that holds that file open: a killed study's lock goes with it.
+    Yields the lock's file descriptor: the study's steps inherit it (:func:`forgetbench.study.steps.run_logged`), so
+    a study killed alone (``kill -9`` of its pid) keeps ``OUT`` locked until the step it started ends, and a rerun
+    cannot start that step again beside it."""
+    import fcntl
 
-    lock = FileLock(out / LOCK_NAME)
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise StudyError(f"--out {out}: another forgetbench study is running on it (it holds {out / LOCK_NAME}); "
-                         "wait for it to end, or choose another --out") from None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StudyError(f"--out {out}: another forgetbench study, or a step an earlier run of it started, is running "
+                         f"on it (it holds {out / LOCK_NAME}); wait for it to end, or choose another --out") from None
     try:
-        yield
+        yield fd
     finally:
-        lock.release()
+        os.close(fd)  # no LOCK_UN: a step still running (after an exception) keeps the lock until it ends
 
 
 def _read(file: Path) -> dict:
@@ -80,6 +85,8 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 class State:
     """``OUT/study.json``: the plan and every finished step, rewritten atomically after each step."""
+
+    lock_fds: tuple[int, ...] = ()  # OUT's lock (study_lock), inherited by every step's process
 
     def __init__(self, out: Path, plan: Plan):
         self.out, self.file = out, out / STATE_NAME

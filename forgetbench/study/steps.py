@@ -28,13 +28,15 @@ def log_path(logs: Path, step: str) -> Path:
     return logs / f"{step.replace('/', '_')}.log"
 
 
-def run_logged(name: str, command: list[str], logs: Path, env: dict) -> float:
-    """Run one step's command with its output in :func:`log_path`; the wall seconds, or StudyError naming the log."""
+def run_logged(name: str, command: list[str], logs: Path, env: dict, lock_fds: tuple[int, ...] = ()) -> float:
+    """Run one step's command with its output in :func:`log_path`; the wall seconds, or StudyError naming the log.
+    ``lock_fds``: ``OUT``'s lock, which the step's process holds too (:func:`forgetbench.study.state.study_lock`)."""
     log = log_path(logs, name)
     print(f"[{name}] {shlex.join(command)}", flush=True)
     start = time.perf_counter()
     with log.open("w") as handle:
-        completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False)
+        completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False,
+                                   pass_fds=lock_fds)
     elapsed = time.perf_counter() - start
     if completed.returncode != 0:
         raise StudyError(f"step {name} exited {completed.returncode}; see {log}")
@@ -66,7 +68,7 @@ def evaluate_into(name: str, model: str, point: str, plan: Plan, state: State, e
     state.remove(scratch)
     (state.out / "eval").mkdir(exist_ok=True)
     command = eval_command(plan, model, state.out / scratch, adapter)
-    seconds = run_logged(name, command, logs, env)
+    seconds = run_logged(name, command, logs, env, state.lock_fds)
     try:
         speed = evaluate.throughput(state.out / scratch, seconds)
     except evaluate.EvaluationError as exc:
@@ -123,7 +125,7 @@ def train_arm(arm: Arm, plan: Plan, state: State, env: dict, location: str | Non
     except train.RecipeError as exc:
         raise StudyError(str(exc)) from None
     state.remove(f"arms/{arm.name}")  # an unfinished run starts over: the recipe's save is atomic
-    seconds = run_logged(step, command, state.out / "logs", env)
+    seconds = run_logged(step, command, state.out / "logs", env, state.lock_fds)
     if read_manifest(model_dir) is None:
         raise StudyError(f"step {step} wrote no checkpoint manifest in {model_dir}; see "
                          f"{log_path(state.out / 'logs', step)}")
