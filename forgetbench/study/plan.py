@@ -472,10 +472,12 @@ def _check_own_manifest(path: Path, what: str, ctx: _Context) -> None:
         raise StudyError(f"{what}: cannot read its {manifest_path(path).name} ({one_line(exc)})") from None
     if manifest is None or _same_base(str(path), ctx.model, ctx.location):  # none, or the base's own folder
         return
-    names = [manifest.get(key) for key in ("base_model", "base_model_path")] if isinstance(manifest, dict) else []
+    if not isinstance(manifest, dict):
+        raise StudyError(f"{what}: its {manifest_path(path).name} is not a forgetbench manifest (not a JSON object)")
+    names = [manifest.get(key) for key in ("base_model", "base_model_path")]
     if any(isinstance(n, str) and _same_base(n, ctx.model, ctx.location) for n in names):
         return
-    origin = "trained from scratch" if names and names[0] is None else f"tuned from {names[0] if names else None!r}"
+    origin = "trained from scratch" if names[0] is None else f"tuned from {names[0]!r}"
     raise StudyError(f"{what}: its {manifest_path(path).name} says it was {origin}, not tuned from the study's base "
                      f"{ctx.model}: compare would refuse to pair it with the baseline")
 
