@@ -57,8 +57,10 @@ def _compare_launchers(tmp_path: Path, args: list[str]) -> None:
     for arm, efo in sequential_efo.items():
         assert local_efo[arm] == pytest.approx(efo), arm
     state = json.loads((tmp_path / "local" / "study.json").read_text())
-    arms = list(_efo(tmp_path / "sequential"))
-    for step in ("baseline", *(f"{kind}/{arm}" for arm in arms for kind in ("train", "eval"))):
+    trained = [arm["name"] for arm in state["signature"]["arms"]]  # an arm's points (<arm>@wise-...) only evaluate
+    points = list(_efo(tmp_path / "sequential"))
+    assert set(trained) < set(points)
+    for step in ("baseline", *(f"train/{arm}" for arm in trained), *(f"eval/{point}" for point in points)):
         job = state["jobs"][step]
         assert job["state"] == "COMPLETED" and job["launcher"] == "local" and job["job_id"].isdigit(), step
         assert Path(job["stdout"]).is_file(), step
