@@ -30,8 +30,9 @@ browser:
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium poppler-utils >/dev/null; } || \
 	  echo "chromium or pdftotext missing: the report's browser test will skip"
 
+# The slow tests (real default-size lab studies, every family's study): on both cores too, about 22 min.
 test-slow: $(VENV)/.ready
-	$(BIN)/python -m pytest -m slow --durations=15
+	$(BIN)/python -m pytest -m slow -n $(WORKERS) --dist loadgroup --durations=15
 
 lint: $(VENV)/.ready
 	$(BIN)/ruff check .
